@@ -1,0 +1,40 @@
+"""Registry of per-family adapters, keyed by transformers `model_type`."""
+
+from __future__ import annotations
+
+from ..errors import ShedderError
+from .base import GRANULARITIES, Candidate, MambaFamilyAdapter, count_params
+from .mamba import FalconMambaAdapter, MambaAdapter
+from .mamba2 import Mamba2Adapter
+
+ADAPTERS: dict[str, type[MambaFamilyAdapter]] = {
+    model_type: adapter for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter) for model_type in adapter.model_types
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def adapter_class_for(model_type: str, source: str = "model") -> type[MambaFamilyAdapter]:
+    if model_type not in ADAPTERS:
+        raise ShedderError(
+            f"{source}: unsupported architecture model_type={model_type!r} (supported: {', '.join(supported_model_types())})"
+        )
+    return ADAPTERS[model_type]
+
+
+def adapter_for(model, source: str = "model") -> MambaFamilyAdapter:
+    return adapter_class_for(model.config.model_type, source)(model)
+
+
+__all__ = [
+    "ADAPTERS",
+    "GRANULARITIES",
+    "Candidate",
+    "MambaFamilyAdapter",
+    "adapter_class_for",
+    "adapter_for",
+    "count_params",
+    "supported_model_types",
+]

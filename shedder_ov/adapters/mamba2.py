@@ -1,0 +1,72 @@
+"""Mamba-2: multi-head SSD mixers with a scalar decay per head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Mamba2Config, Mamba2ForCausalLM
+
+from ..errors import ShedderError
+from ..modeling import Mamba2MixerWithoutSSM
+from ..ops import ssd_scan
+from .base import MambaFamilyAdapter
+
+
+class Mamba2Adapter(MambaFamilyAdapter):
+    family = "mamba2"
+    model_types = ("mamba2", "shedder_mamba2")
+    base_config_class = Mamba2Config
+    base_model_class = Mamba2ForCausalLM
+    ssm_less_mixer = Mamba2MixerWithoutSSM
+
+    def __init__(self, model):
+        super().__init__(model)
+        config = model.config
+        inner = int(config.expand * config.hidden_size)
+        expected = 2 * inner + 2 * config.n_groups * config.state_size + config.num_heads
+        for layer in self.layers:
+            mixer = layer.mixer
+            if self.has_ssm(mixer.layer_idx) and mixer.in_proj.out_features != expected:
+                raise ShedderError("Mamba-2 mixers with an extra MLP slice (d_mlp > 0) are not supported")
+            if self.has_ssm(mixer.layer_idx) and not config.rms_norm:
+                raise ShedderError("Mamba-2 without the gated RMSNorm (rms_norm: false) is not supported")
+
+    def split_projection(self, mixer, projected):
+        return projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
+
+    def mixer_forward(self, mixer, hidden):
+        batch, seq_len, _ = hidden.shape
+        heads, head_dim = mixer.num_heads, mixer.head_dim
+        groups, state = mixer.n_groups, mixer.ssm_state_size
+        z, xBC, dt = self.split_projection(mixer, mixer.in_proj(hidden))
+        xBC = mixer.act(mixer.conv1d(xBC.transpose(1, 2))[..., :seq_len].transpose(1, 2))
+        x, B, C = xBC.split([mixer.intermediate_size, groups * state, groups * state], dim=-1)
+        dt = F.softplus(dt + mixer.dt_bias)
+        dt = torch.clamp(dt, mixer.time_step_limit[0], mixer.time_step_limit[1])
+        x = x.reshape(batch, seq_len, heads, head_dim)
+        y, _ = ssd_scan(
+            x,
+            dt,
+            -torch.exp(mixer.A_log.float()),
+            B.reshape(batch, seq_len, groups, state),
+            C.reshape(batch, seq_len, groups, state),
+            mixer.chunk_size,
+        )
+        y = (y + x.float() * mixer.D.float()[:, None]).reshape(batch, seq_len, -1)
+        return mixer.out_proj(mixer.norm(y, z).to(hidden.dtype))
+
+    def ssm_less_tensors(self, mixer):
+        inner = mixer.intermediate_size
+        kept = {
+            "in_proj.weight": mixer.in_proj.weight[: 2 * inner],
+            "conv1d.weight": mixer.conv1d.weight[:inner],
+            "norm.weight": mixer.norm.weight,
+            "out_proj.weight": mixer.out_proj.weight,
+        }
+        if mixer.in_proj.bias is not None:
+            kept["in_proj.bias"] = mixer.in_proj.bias[: 2 * inner]
+        if mixer.conv1d.bias is not None:
+            kept["conv1d.bias"] = mixer.conv1d.bias[:inner]
+        if mixer.out_proj.bias is not None:
+            kept["out_proj.bias"] = mixer.out_proj.bias
+        return kept

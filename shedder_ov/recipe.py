@@ -1,0 +1,147 @@
+"""The recipe: one YAML file drives every stage. Validated by a typed schema so that a
+typo or an impossible value fails before any work starts, naming the offending field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ShedderError
+
+Granularity = Literal["mamba_block", "ssm"]
+DataFormat = Literal["text", "jsonl", "alpaca"]
+FORMAT_BY_SUFFIX = {".txt": "text", ".raw": "text", ".jsonl": "jsonl", ".json": "alpaca"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(Strict):
+    """Text for calibration or evaluation: plain text, JSON lines or an Alpaca JSON array."""
+
+    path: Path
+    format: DataFormat | None = Field(None, description="defaults from the file suffix")
+    text_field: str = Field("text", description="field holding the text in jsonl records")
+
+    @model_validator(mode="after")
+    def _default_format(self) -> "DataSpec":
+        if self.format is None:
+            suffix = self.path.suffix.lower()
+            if suffix not in FORMAT_BY_SUFFIX:
+                raise ValueError(
+                    f"cannot tell the format of {self.path} from its suffix; set format to one of text, jsonl, alpaca"
+                )
+            self.format = FORMAT_BY_SUFFIX[suffix]
+        return self
+
+
+class CalibrationSpec(DataSpec):
+    num_samples: int = Field(64, gt=0)
+    seq_len: int = Field(256, gt=1)
+    batch_size: int = Field(8, gt=0)
+
+
+class StopRule(Strict):
+    """Exactly one of: a number of components, a parameter reduction, or a PPL budget."""
+
+    num_components: int | None = Field(None, gt=0)
+    param_reduction_pct: float | None = Field(None, gt=0, lt=100)
+    max_ppl_increase_pct: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "StopRule":
+        given = [k for k, v in self.model_dump().items() if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of num_components, param_reduction_pct, max_ppl_increase_pct (got {given or 'none'})"
+            )
+        return self
+
+
+class SearchSpec(Strict):
+    targets: list[Granularity] = Field(default_factory=lambda: ["mamba_block"], min_length=1)
+    stop: StopRule | None = None
+    method: Literal["fast", "naive"] = Field("fast", description="fast reuses the residual stream; same decisions")
+    apply: Path | None = Field(
+        None, description="apply this removal list (our result.json or a reference pruning_config.json) instead of searching"
+    )
+
+    @model_validator(mode="after")
+    def _stop_or_apply(self) -> "SearchSpec":
+        if (self.stop is None) == (self.apply is None):
+            raise ValueError("give exactly one of stop (run the search) or apply (a removal list)")
+        return self
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
+class Recipe(Strict):
+    model: Path
+    calibration: CalibrationSpec | None = None
+    search: SearchSpec
+    output: Path
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _calibration_needed(self) -> "Recipe":
+        if self.search.stop is not None and self.calibration is None:
+            raise ValueError("calibration is required to run the search (search.stop is set)")
+        return self
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        parent = first["loc"][:-1]
+        allowed = _allowed_keys(parent)
+        message = f"unknown key (allowed: {', '.join(allowed)})"
+    elif first["type"] == "literal_error":
+        message = f"{message} (got {first.get('input')!r})"
+    return f"{source}: {where}: {message}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def parse_recipe(data: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise ShedderError(_describe(error, source)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe; relative paths resolve against the current directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShedderError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ShedderError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ShedderError(f"{path}: a recipe is a YAML mapping with keys {', '.join(Recipe.model_fields)}")
+    return parse_recipe(data, str(path))
