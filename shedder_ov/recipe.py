@@ -84,6 +84,7 @@ class SearchSpec(Strict):
 
 class Recipe(Strict):
     model: Path
+    tokenizer: Path | None = Field(None, description="tokenizer folder or tokenizer.json when the model folder has none")
     calibration: CalibrationSpec | None = None
     search: SearchSpec
     output: Path

@@ -1,0 +1,172 @@
+"""Loading checkpoints as users have them, and removal lists as they were published.
+
+* Hugging Face folders of the supported families (and our pruned ones).
+* mamba_ssm folders (config.json with d_model / n_layer / ssm_cfg, pytorch_model.bin), the
+  format of state-spaces/mamba-* and mamba2-* and of the published Mamba-Shedder pruned
+  models, whose removed blocks / SSMs are simply missing from the state dict.
+* Removal lists: our result.json, or the reference pruning_config.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Mamba2Config, MambaConfig
+
+from . import modeling  # noqa: F401  (registers the pruned classes with the Auto classes)
+from .adapters import Candidate, adapter_class_for, adapter_for
+from .errors import ShedderError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ShedderError("device: cuda requested but no CUDA device is available (use auto or cpu)")
+    return torch.device(device)
+
+
+def is_mamba_ssm_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    data = json.loads(config.read_text())
+    return "d_model" in data and "n_layer" in data
+
+
+def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
+    """The tokenizer of a checkpoint folder (or the fallback folder/tokenizer.json)."""
+    for source in (path, fallback):
+        if source is None:
+            continue
+        source = Path(source)
+        if source.is_file() and source.suffix == ".json":
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast(tokenizer_file=str(source), eos_token="<|endoftext|>")
+        if (source / "tokenizer.json").is_file() or (source / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(source)
+    raise ShedderError(f"{path}: no tokenizer in the folder (set `tokenizer:` in the recipe to a folder or tokenizer.json)")
+
+
+def load_checkpoint(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """Load a model of a supported family from a local folder, converting mamba_ssm format."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ShedderError(f"{path}: model folder not found")
+    if not (path / "config.json").is_file():
+        raise ShedderError(f"{path}: not a checkpoint folder (no config.json)")
+    if is_mamba_ssm_folder(path):
+        model = _load_mamba_ssm(path)
+    else:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        adapter_class_for(config.model_type, str(path))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    return model.to(device=resolve_device(device), dtype=DTYPES[dtype]).eval()
+
+
+# ---- mamba_ssm format ----------------------------------------------------------------
+def _hf_config_from_mamba_ssm(data: dict, state: dict):
+    ssm = dict(data.get("ssm_cfg") or {})
+    layer = ssm.pop("layer", "Mamba1")
+    vocab = state["backbone.embedding.weight"].shape[0]
+    common = dict(
+        hidden_size=data["d_model"],
+        num_hidden_layers=data["n_layer"],
+        vocab_size=vocab,
+        layer_norm_epsilon=1e-5,
+        residual_in_fp32=data.get("residual_in_fp32", True),
+        tie_word_embeddings=data.get("tie_embeddings", True),
+        expand=ssm.get("expand", 2),
+        conv_kernel=ssm.get("d_conv", 4),
+        use_bias=ssm.get("bias", False),
+        use_conv_bias=ssm.get("conv_bias", True),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    if not data.get("rms_norm", True):
+        raise ShedderError("mamba_ssm config: rms_norm false (LayerNorm blocks) is not supported")
+    if data.get("d_intermediate", 0):
+        raise ShedderError("mamba_ssm config: d_intermediate > 0 (MLP after each mixer) is not supported")
+    if layer == "Mamba2":
+        inner = ssm.get("expand", 2) * data["d_model"]
+        headdim = ssm.get("headdim", 64)
+        return Mamba2Config(
+            **common,
+            num_heads=inner // headdim,
+            head_dim=headdim,
+            state_size=ssm.get("d_state", 128),
+            n_groups=ssm.get("ngroups", 1),
+            chunk_size=ssm.get("chunk_size", 256),
+            time_step_limit=tuple(ssm.get("dt_limit", (0.0, float("inf")))),
+        )
+    if layer != "Mamba1":
+        raise ShedderError(f"mamba_ssm config: ssm_cfg.layer={layer!r} (supported: Mamba1, Mamba2)")
+    dt_rank = ssm.get("dt_rank", "auto")
+    return MambaConfig(
+        **common,
+        state_size=ssm.get("d_state", 16),
+        intermediate_size=ssm.get("expand", 2) * data["d_model"],
+        time_step_rank=math.ceil(data["d_model"] / 16) if dt_rank == "auto" else dt_rank,
+    )
+
+
+def _load_mamba_ssm(path: Path):
+    """Convert a mamba_ssm folder; layers missing from it (published pruned models) are
+    rebuilt as removed blocks / removed SSMs of a physically pruned model."""
+    weights = path / "pytorch_model.bin"
+    if not weights.is_file():
+        raise ShedderError(f"{path}: mamba_ssm folder without pytorch_model.bin")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    data = json.loads((path / "config.json").read_text())
+    config = _hf_config_from_mamba_ssm(data, state)
+    renamed = {re.sub(r"^backbone\.embedding\.", "backbone.embeddings.", k): v for k, v in state.items()}
+    if config.tie_word_embeddings:
+        renamed.setdefault("lm_head.weight", renamed["backbone.embeddings.weight"])
+    removed = []
+    for layer in range(config.num_hidden_layers):
+        prefix = f"backbone.layers.{layer}."
+        if not any(k.startswith(prefix) for k in renamed):
+            removed.append(Candidate(layer, "mamba_block"))
+        elif f"{prefix}mixer.D" not in renamed:
+            removed.append(Candidate(layer, "ssm"))
+    model = AutoModelForCausalLM.from_config(config)
+    full = model.state_dict()
+    for key, tensor in full.items():  # removed components: placeholders, never used
+        renamed.setdefault(key, torch.zeros_like(tensor))
+    unknown = sorted(set(renamed) - set(full))
+    if unknown:
+        raise ShedderError(f"{path}: unexpected weights for this config: {unknown[:3]}")
+    model.load_state_dict({k: renamed[k].to(full[k].dtype) for k in full}, strict=True)
+    model.tie_weights()
+    if not removed:
+        return model
+    return adapter_for(model).pruned_model(removed)
+
+
+# ---- removal lists -----------------------------------------------------------------
+def read_removal_list(path: str | Path) -> list[Candidate]:
+    """Candidates from our result.json or a reference pruning_config.json, in removal order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShedderError(f"{path}: removal list not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ShedderError(f"{path}: not a JSON file") from None
+    if isinstance(data, dict) and isinstance(data.get("removed"), list):
+        return [Candidate.parse(entry["candidate"]) for entry in data["removed"]]
+    keys = {"pruned_mamba_block_idx": "mamba_block", "pruned_ssm_idx": "ssm"}
+    found = [Candidate(int(i), kind) for key, kind in keys.items() for i in (data.get(key) or [])]
+    unsupported = [k for k, v in data.items() if k.startswith("pruned_") and k not in keys and v]
+    if unsupported:
+        raise ShedderError(f"{path}: {', '.join(unsupported)} need a hybrid-model adapter (supported here: {', '.join(keys)})")
+    if not found:
+        raise ShedderError(f"{path}: no removal list found (expected 'removed' or {', '.join(keys)})")
+    return found

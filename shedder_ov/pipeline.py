@@ -1,0 +1,184 @@
+"""The `prune` stage: load → (search | apply a removal list) → physical removal → save.
+
+Outputs under `recipe.output`: search/log.jsonl (one line per evaluation), search/result.json
+and pruned/ (a save_pretrained folder + tokenizer). A finished stage is skipped on re-run; a
+killed search resumes from its log; an output dir holding a different run is refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .adapters import Candidate, adapter_for
+from .checkpoints import load_checkpoint, load_tokenizer, read_removal_list, resolve_device
+from .data import load_windows
+from .errors import ShedderError
+from .io import atomic_dir, read_json, write_json
+from .modeling import REMOTE_CODE_FILES
+from .recipe import Recipe
+from .search import GreedySearch, PerplexityScorer, SearchLog
+
+console = Console(stderr=True)
+
+
+def fingerprint(recipe: Recipe) -> dict:
+    """What decides the search's scores (`scoring`) and where it stops (`stop`)."""
+    calibration = recipe.calibration.model_dump(mode="json") if recipe.calibration else None
+    if calibration:
+        calibration["path"] = str(Path(calibration["path"]).resolve())
+    return {
+        "scoring": {
+            "model": str(recipe.model.resolve()),
+            "calibration": calibration,
+            "targets": recipe.search.targets,
+            "dtype": recipe.dtype,
+            "seed": recipe.seed,
+            "apply": str(recipe.search.apply.resolve()) if recipe.search.apply else None,
+        },
+        "stop": recipe.search.stop.model_dump() if recipe.search.stop else None,
+    }
+
+
+def _check_output(recipe: Recipe, force: bool, resume: bool) -> None:
+    out = recipe.output
+    log_path, result_path = out / "search" / "log.jsonl", out / "search" / "result.json"
+    if force and out.exists():
+        for sub in ("search", "pruned"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        return
+    previous = None
+    if result_path.exists():
+        previous = read_json(result_path).get("fingerprint")
+    elif log_path.exists():
+        header = SearchLog(log_path).header()
+        previous = header.get("fingerprint") if header else None
+    elif out.exists() and any(out.iterdir()):
+        if not (out / "search").exists():
+            raise ShedderError(f"output: {out} holds files that are not a shedder-ov run (choose another dir or --force)")
+        return
+    if previous is None:
+        return
+    current = fingerprint(recipe)
+    if previous["scoring"] != current["scoring"]:
+        changed = [k for k in current["scoring"] if previous["scoring"].get(k) != current["scoring"][k]]
+        raise ShedderError(
+            f"output: {out} holds a different run (recipe differs in {', '.join(changed)}); use --force to start over"
+        )
+    if previous["stop"] != current["stop"] and not resume:
+        raise ShedderError(
+            f"output: {out} holds a run with another stop rule ({previous['stop']}); "
+            "use --resume to continue it with this one, or --force to start over"
+        )
+
+
+def _removal_from_list(recipe: Recipe, adapter) -> list[Candidate]:
+    removed = read_removal_list(recipe.search.apply)
+    for candidate in removed:
+        adapter.validate(candidate)
+    wrong = [c.name for c in removed if c.kind not in recipe.search.targets]
+    if wrong:
+        raise ShedderError(f"search.apply: {recipe.search.apply} removes {wrong[0]}, not among search.targets")
+    return removed
+
+
+def save_checkpoint(model, tokenizer, target: Path, generation_source: Path | None = None) -> None:
+    """save_pretrained + tokenizer (+ our modeling code for heterogeneous layers), atomically."""
+    with atomic_dir(target) as tmp:
+        if generation_source is not None and (generation_source / "generation_config.json").is_file():
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(generation_source)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if getattr(model.config, "auto_map", None):
+            for source in REMOTE_CODE_FILES:
+                shutil.copy(source, tmp / source.name)
+
+
+def summary_table(result: dict) -> Table:
+    table = Table(title=f"removed {len(result['removed'])} components")
+    for column in ("step", "candidate", "PPL", "Δ PPL %", "params removed"):
+        table.add_column(column, justify="right")
+    base = result["ppl_original"]
+    table.add_row("0", "(original)", f"{base:.3f}" if base else "-", "", "0")
+    for row in result["removed"]:
+        ppl = row.get("ppl")
+        delta = f"{(ppl / base - 1) * 100:+.2f}" if ppl and base else ""
+        table.add_row(str(row["step"]), row["candidate"], f"{ppl:.3f}" if ppl else "-", delta, f"{row['params_removed']:,}")
+    params = result["params"]
+    table.caption = f"params {params['original']:,} → {params['pruned']:,} (-{(1 - params['pruned'] / params['original']) * 100:.2f}%)"
+    return table
+
+
+def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict:
+    out = recipe.output
+    result_path, pruned_dir = out / "search" / "result.json", out / "pruned"
+    _check_output(recipe, force, resume)
+    if result_path.exists() and (pruned_dir / "config.json").exists() and read_json(result_path).get("fingerprint") == fingerprint(recipe):
+        result = read_json(result_path)
+        console.print(f"prune: already done ({result_path}); --force redoes it")
+        console.print(summary_table(result))
+        return result
+
+    torch.manual_seed(recipe.seed)
+    device = resolve_device(recipe.device)
+    model = load_checkpoint(recipe.model, recipe.dtype, str(device))
+    tokenizer = load_tokenizer(recipe.model, recipe.tokenizer)
+    adapter = adapter_for(model, str(recipe.model))
+    original_params = adapter.num_params()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+    if recipe.search.apply is not None:
+        removed = _removal_from_list(recipe, adapter)
+        rows = [
+            {"step": i, "candidate": c.name, "ppl": None, "params_removed": adapter.removed_params(removed[:i])}
+            for i, c in enumerate(removed, 1)
+        ]
+        ppl_original, search_info = None, {"method": "apply", "source": str(recipe.search.apply)}
+    else:
+        windows = load_windows(recipe.calibration, tokenizer, recipe.seed)
+        candidates = adapter.candidates(recipe.search.targets)
+        scorer = PerplexityScorer(
+            adapter, windows, recipe.calibration.batch_size, device, reuse_prefix=recipe.search.method == "fast"
+        )
+        log = SearchLog(out / "search" / "log.jsonl")
+        if log.header() is None:
+            log.append({"type": "run", "fingerprint": fingerprint(recipe), "candidates": [c.name for c in candidates]})
+        search = GreedySearch(adapter, scorer, candidates, recipe.search.stop, log)
+        found = search.run()
+        removed, rows, ppl_original = found.candidates, found.removed, found.ppl_original
+        search_info = {
+            "method": recipe.search.method,
+            "stopped_by": found.stopped_by,
+            "evaluations": found.evaluations,
+            "evaluated_in_this_run": found.evaluated_now,
+            "seconds": round(found.seconds, 2),
+        }
+
+    pruned = adapter.pruned_model(removed)
+    pruned_params = sum(p.numel() for p in pruned.parameters())
+    if original_params - pruned_params != adapter.removed_params(removed):
+        raise RuntimeError("parameter accounting mismatch after physical removal")
+    save_checkpoint(pruned, tokenizer, pruned_dir, generation_source=recipe.model if recipe.model.is_dir() else None)
+    result = {
+        "model": str(recipe.model),
+        "family": adapter.family,
+        "targets": recipe.search.targets,
+        "removed": rows,
+        "ppl_original": ppl_original,
+        "params": {"original": original_params, "pruned": pruned_params},
+        "layers": {"original": adapter.num_layers, "pruned": pruned.config.num_hidden_layers},
+        "pruned_model_type": pruned.config.model_type,
+        "search": search_info,
+        "fingerprint": fingerprint(recipe),
+    }
+    write_json(result_path, result)
+    console.print(summary_table(result))
+    console.print(f"pruned checkpoint: {pruned_dir}")
+    return result
