@@ -40,12 +40,12 @@ def selective_scan(
     drive = drive.view(batch, channels, chunks, chunk, -1)
 
     # inside every chunk at once, from a zero state: local states and running decay products
-    local = torch.empty_like(drive)
-    running = torch.empty_like(decay)
-    local[:, :, :, 0], running[:, :, :, 0] = drive[:, :, :, 0], decay[:, :, :, 0]
+    # (collected in lists, not written in place, so that autograd can differentiate the scan)
+    local, running = [drive[:, :, :, 0]], [decay[:, :, :, 0]]
     for t in range(1, chunk):
-        local[:, :, :, t] = decay[:, :, :, t] * local[:, :, :, t - 1] + drive[:, :, :, t]
-        running[:, :, :, t] = decay[:, :, :, t] * running[:, :, :, t - 1]
+        local.append(decay[:, :, :, t] * local[-1] + drive[:, :, :, t])
+        running.append(decay[:, :, :, t] * running[-1])
+    local, running = torch.stack(local, dim=3), torch.stack(running, dim=3)
 
     # across chunks: the state entering each chunk
     state = torch.zeros_like(drive[:, :, 0, 0]) if initial_state is None else initial_state.float()
