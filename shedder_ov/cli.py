@@ -54,5 +54,33 @@ def prune(
     run_prune(load_recipe(recipe), force=force, resume=resume)
 
 
+@app.command("eval")
+@one_line_errors
+def eval_(
+    model: Path = typer.Argument(..., help="checkpoint folder or OpenVINO IR (folder or .xml)", show_default=False),
+    ppl: str = typer.Option("wikitext2,tinystories,alpaca", help="PPL datasets (comma-separated, or none)"),
+    tasks: str = typer.Option(
+        "lambada_openai,hellaswag,piqa,arc_easy,arc_challenge,winogrande,openbookqa", help="zero-shot tasks, or none"
+    ),
+    seq_len: int = typer.Option(512, help="PPL window length"),
+    ppl_windows: int = typer.Option(None, help="first N PPL windows per dataset (default: all)"),
+    limit: int = typer.Option(None, help="first N items per zero-shot task (default: all)"),
+    device: str = typer.Option("CPU", help="OpenVINO device for IRs"),
+    precision: str = typer.Option("f32", help="OpenVINO INFERENCE_PRECISION_HINT"),
+    batch_size: int = typer.Option(4),
+    json_out: Path = typer.Option(None, "--json", help="write the record here"),
+) -> None:
+    """Perplexity on local text and zero-shot accuracy (lm-eval, offline) of a checkpoint or IR."""
+    import json
+
+    from .evaluation.run import evaluate
+    from .io import write_json
+
+    record = evaluate(model, ppl, tasks, seq_len, ppl_windows, limit, device, precision, batch_size)
+    if json_out:
+        write_json(json_out, record)
+    typer.echo(json.dumps(record, indent=2))
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -1,0 +1,132 @@
+"""Zero-shot accuracy through lm-evaluation-harness, offline, on the local task files.
+
+Task definitions are lm-eval YAMLs shipped in tasks/ (prompts as in lm-eval's own tasks),
+pointed at /work/shared/data/eval; the model is our LM wrapper over the same "logits for a
+batch of windows" interface as PPL, so torch checkpoints and IRs are scored identically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ShedderError
+from .ppl import DATA_ROOT
+from .runtime import LogitsModel
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+EVAL_DATA = DATA_ROOT / "eval"
+PAPER_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa")
+UNAVAILABLE = {"hellaswag": "HellaSwag validation data is not available locally (see shared/data/README.md, Missing)"}
+# The Mamba-Shedder reference eval.py reports acc for arc_easy and acc_norm wherever a task has it.
+PAPER_METRIC = {task: "acc_norm" for task in ("hellaswag", "piqa", "arc_challenge", "openbookqa")}
+
+
+def paper_metric(task: str) -> str:
+    return PAPER_METRIC.get(task, "acc")
+
+
+def task_config(task: str, data_dir: Path = EVAL_DATA) -> dict:
+    """The task's YAML with its data files resolved under `data_dir` (missing file → ShedderError)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    if task in UNAVAILABLE:
+        raise ShedderError(f"task {task}: {UNAVAILABLE[task]}")
+    path = TASKS_DIR / f"{task}.yaml"
+    if not path.is_file():
+        raise ShedderError(f"task {task}: unknown (available: {', '.join(available_tasks())})")
+    config = load_yaml(path)
+    files = {split: Path(data_dir) / name for split, name in config["dataset_kwargs"]["data_files"].items()}
+    labels = config.pop("labels_file", None)
+    for file in [*files.values(), *([Path(data_dir) / labels] if labels else [])]:
+        if not file.is_file():
+            raise ShedderError(f"task {task}: data file {file} not found")
+    config["dataset_kwargs"] = {"data_files": {split: str(f) for split, f in files.items()}}
+    if labels:
+        values = [int(line) for line in (Path(data_dir) / labels).read_text().split()]
+        config["process_docs"] = lambda dataset: dataset.add_column("label", values)
+    return config
+
+
+def available_tasks() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def make_lm(model: LogitsModel, batch_size: int = 8, max_length: int = 2048):
+    """An lm_eval LM over a LogitsModel (loglikelihood only; these tasks need nothing else)."""
+    from lm_eval.api.model import LM
+
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+
+    def encode_pair(context: str, continuation: str) -> tuple[list[int], list[int]]:
+        spaces = len(context) - len(context.rstrip())  # as lm-eval's HFLM: trailing spaces go to the continuation
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+        head = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+        return ([eos] if not head else head), whole[len(head):]
+
+    class ShedderLM(LM):
+        def loglikelihood(self, requests):
+            pairs = [encode_pair(*r.args) for r in requests]
+            order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
+            results: list = [None] * len(pairs)
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                seqs = [(pairs[i][0] + pairs[i][1])[-(max_length + 1):][:-1] for i in chunk]
+                width = max(map(len, seqs))
+                ids = torch.full((len(seqs), width), eos, dtype=torch.long)
+                for row, seq in enumerate(seqs):
+                    ids[row, : len(seq)] = torch.tensor(seq)  # right padding: causal, never read
+                logprobs = F.log_softmax(model.logits(ids).float(), dim=-1)
+                for row, i in enumerate(chunk):
+                    target = torch.tensor(pairs[i][1])
+                    end = len(seqs[row])
+                    scores = logprobs[row, end - len(target) : end]
+                    results[i] = (
+                        scores.gather(-1, target[:, None]).sum().item(),
+                        bool((scores.argmax(-1) == target).all()),
+                    )
+            return results
+
+        def loglikelihood_rolling(self, requests):
+            raise ShedderError("loglikelihood_rolling is not needed by the zero-shot tasks (use `shedder-ov eval --ppl`)")
+
+        def generate_until(self, requests):
+            raise ShedderError("generation tasks are not supported by this evaluator")
+
+    return ShedderLM()
+
+
+def evaluate_zeroshot(
+    model: LogitsModel, tasks: list[str], limit: int | None = None, batch_size: int = 8, data_dir: Path = EVAL_DATA
+) -> dict:
+    """{task: {acc, acc_norm, metric, value, n} | {skipped}} and the average of the paper metrics."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lm_eval import evaluator
+    from lm_eval.api.task import ConfigurableTask
+
+    report: dict = {}
+    runnable = []
+    for task in tasks:
+        if task in UNAVAILABLE:
+            report[task] = {"skipped": UNAVAILABLE[task]}
+        else:
+            runnable.append(ConfigurableTask(config=task_config(task, data_dir)))
+    if runnable:
+        output = evaluator.simple_evaluate(
+            model=make_lm(model, batch_size), tasks=runnable, limit=limit, log_samples=False, bootstrap_iters=0,
+            verbosity="WARNING",
+        )
+        for task, values in output["results"].items():
+            entry = {k.split(",")[0]: v for k, v in values.items() if k.endswith(",none") and "stderr" not in k}
+            entry["metric"] = paper_metric(task)
+            entry["value"] = entry.get(entry["metric"])
+            entry["n"] = output["n-samples"][task]["effective"]
+            report[task] = entry
+    scored = [r["value"] for r in report.values() if r.get("value") is not None]
+    return {"tasks": report, "average": sum(scored) / len(scored) if scored else None, "limit": limit}
