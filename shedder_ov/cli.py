@@ -54,6 +54,19 @@ def prune(
     run_prune(load_recipe(recipe), force=force, resume=resume)
 
 
+@app.command()
+@one_line_errors
+def recover(
+    recipe: Path = RecipeArg,
+    force: bool = typer.Option(False, "--force", help="discard a finished or half-done recovery in the output dir"),
+) -> None:
+    """Recovery-tune OUTPUT/pruned/ (LoRA, merged, or full fine-tuning) into OUTPUT/recovered/."""
+    from .recipe import load_recipe
+    from .recovery import run_recovery
+
+    run_recovery(load_recipe(recipe), force=force)
+
+
 @app.command("eval")
 @one_line_errors
 def eval_(

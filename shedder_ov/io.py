@@ -11,15 +11,26 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and an atomic rename."""
+    with atomic_file(path) as tmp, open(tmp, "w") as handle:
         json.dump(data, handle, indent=2)
         handle.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:

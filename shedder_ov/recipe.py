@@ -82,11 +82,58 @@ class SearchSpec(Strict):
         return list(dict.fromkeys(value))
 
 
+DEFAULT_HELD_OUT = Path("../shared/data/tinystories/eval.txt")
+
+
+class LoraSpec(Strict):
+    """LoRA settings; the defaults are the paper's Hymba recovery (r16, α32)."""
+
+    rank: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        None, min_length=1, description="module names to adapt; default per family (Mamba mixers: in_proj, out_proj)"
+    )
+
+
+class RecoverySpec(Strict):
+    """Recovery tuning of the pruned model: LoRA (merged before saving) or full fine-tuning."""
+
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    data: DataSpec
+    held_out: DataSpec = Field(default_factory=lambda: DataSpec(path=DEFAULT_HELD_OUT))
+    held_out_windows: int | None = Field(32, gt=0, description="PPL on the first N held-out windows (null: all)")
+    seq_len: int = Field(256, gt=1)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    epochs: float | None = Field(None, gt=0, description="default 1 when max_steps is not set")
+    max_steps: int | None = Field(None, gt=0)
+    lr: float = Field(3e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    save_every: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = Field(True, description="bf16 autocast where the device supports it (CUDA)")
+    seed: int | None = Field(None, description="defaults to the recipe's seed")
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> "RecoverySpec":
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("give epochs or max_steps, not both")
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 1.0
+        return self
+
+
 class Recipe(Strict):
     model: Path
     tokenizer: Path | None = Field(None, description="tokenizer folder or tokenizer.json when the model folder has none")
     calibration: CalibrationSpec | None = None
     search: SearchSpec
+    recovery: RecoverySpec | None = None
     output: Path
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -53,6 +53,8 @@ class MambaFamilyAdapter(ABC):
     base_config_class: ClassVar[type]
     base_model_class: ClassVar[type]
     ssm_less_mixer: ClassVar[type]
+    # recovery LoRA's default targets: the paper adapts the mixers' in/out projections
+    lora_targets: ClassVar[tuple[str, ...]] = ("in_proj", "out_proj")
 
     def __init__(self, model: nn.Module):
         self.model = model
