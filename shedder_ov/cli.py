@@ -67,6 +67,20 @@ def recover(
     run_recovery(load_recipe(recipe), force=force)
 
 
+@app.command("bench-search")
+@one_line_errors
+def bench_search(
+    recipe: Path = RecipeArg,
+    methods: str = typer.Option("naive,fast,halving", help="comma-separated search methods, exact reference first"),
+    steps: int = typer.Option(2, help="greedy steps per method"),
+    json_out: Path = typer.Option(None, "--json", help="also write the rows as JSON"),
+) -> None:
+    """Time search methods on the recipe's model, calibration data and device; compare decisions."""
+    from .search.benchmark import run_bench
+
+    run_bench(recipe, [m.strip() for m in methods.split(",") if m.strip()], steps, json_out)
+
+
 @app.command("eval")
 @one_line_errors
 def eval_(

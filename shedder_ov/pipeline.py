@@ -20,7 +20,7 @@ from .data import load_windows
 from .errors import ShedderError
 from .io import atomic_dir, read_json, write_json
 from .modeling import REMOTE_CODE_FILES
-from .recipe import Recipe
+from .recipe import EXACT_METHODS, Recipe
 from .search import GreedySearch, PerplexityScorer, SearchLog
 
 console = Console(stderr=True)
@@ -39,9 +39,18 @@ def fingerprint(recipe: Recipe) -> dict:
             "dtype": recipe.dtype,
             "seed": recipe.seed,
             "apply": str(recipe.search.apply.resolve()) if recipe.search.apply else None,
+            **_method_fingerprint(recipe),
         },
         "stop": recipe.search.stop.model_dump() if recipe.search.stop else None,
     }
+
+
+def _method_fingerprint(recipe: Recipe) -> dict:
+    """Exact methods share decisions (and logs); any other method is a different run."""
+    method = recipe.search.method
+    if method in EXACT_METHODS:
+        return {}
+    return {"method": method, **({"halving_keep": recipe.search.halving_keep} if method == "halving" else {})}
 
 
 def _check_output(recipe: Recipe, force: bool, resume: bool) -> None:
@@ -145,12 +154,21 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         windows = load_windows(recipe.calibration, tokenizer, recipe.seed)
         candidates = adapter.candidates(recipe.search.targets)
         scorer = PerplexityScorer(
-            adapter, windows, recipe.calibration.batch_size, device, reuse_prefix=recipe.search.method == "fast"
+            adapter, windows, recipe.calibration.batch_size, device, reuse_prefix=recipe.search.method != "naive"
         )
         log = SearchLog(out / "search" / "log.jsonl")
         if log.header() is None:
             log.append({"type": "run", "fingerprint": fingerprint(recipe), "candidates": [c.name for c in candidates]})
-        search = GreedySearch(adapter, scorer, candidates, recipe.search.stop, log)
+        search = GreedySearch(
+            adapter,
+            scorer,
+            candidates,
+            recipe.search.stop,
+            log,
+            method=recipe.search.method,
+            halving_keep=recipe.search.halving_keep,
+            seed=recipe.seed,
+        )
         found = search.run()
         removed, rows, ppl_original = found.candidates, found.removed, found.ppl_original
         search_info = {

@@ -13,6 +13,8 @@ from .errors import ShedderError
 
 Granularity = Literal["mamba_block", "ssm"]
 DataFormat = Literal["text", "jsonl", "alpaca"]
+SearchMethod = Literal["fast", "naive", "halving", "shortgpt", "random", "last_k"]
+EXACT_METHODS = ("fast", "naive")
 FORMAT_BY_SUFFIX = {".txt": "text", ".raw": "text", ".jsonl": "jsonl", ".json": "alpaca"}
 
 
@@ -65,7 +67,13 @@ class StopRule(Strict):
 class SearchSpec(Strict):
     targets: list[Granularity] = Field(default_factory=lambda: ["mamba_block"], min_length=1)
     stop: StopRule | None = None
-    method: Literal["fast", "naive"] = Field("fast", description="fast reuses the residual stream; same decisions")
+    method: SearchMethod = Field(
+        "fast",
+        description="fast/naive: exact greedy (fast batches candidates over the reused residual stream; same "
+        "decisions); halving: approximate greedy by successive halving over calibration batches; "
+        "shortgpt/random/last_k: fixed-order baselines",
+    )
+    halving_keep: float = Field(0.25, gt=0, lt=1, description="share of candidates kept per halving round")
     apply: Path | None = Field(
         None, description="apply this removal list (our result.json or a reference pruning_config.json) instead of searching"
     )

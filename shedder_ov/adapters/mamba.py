@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from transformers import FalconMambaConfig, FalconMambaForCausalLM, MambaConfig, MambaForCausalLM
 
 from ..modeling import MambaMixerWithoutSSM
-from ..ops import selective_scan
+from ..errors import ShedderError
+from ..kernels import kernels_for
 from .base import MambaFamilyAdapter
 
 
@@ -22,17 +23,21 @@ class MambaAdapter(MambaFamilyAdapter):
         """Hook for families that normalise the SSM inputs (FalconMamba)."""
         return time_step, B, C
 
+    def __init__(self, model):
+        super().__init__(model)
+        if model.config.hidden_act not in ("silu", "swish"):
+            raise ShedderError(f"{self.family} with hidden_act={model.config.hidden_act!r} is not supported (silu only)")
+
     def mixer_forward(self, mixer, hidden):
-        seq_len = hidden.shape[1]
+        kernels = kernels_for(hidden.device.type)
         x, z = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-        x = mixer.act(mixer.conv1d(x)[..., :seq_len])
+        x = kernels.conv(x, mixer.conv1d.weight, mixer.conv1d.bias)
         time_step, B, C = torch.split(
             mixer.x_proj(x.transpose(1, 2)), [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1
         )
         time_step, B, C = self.ssm_inputs(mixer, time_step, B, C)
         delta = F.softplus(mixer.dt_proj(time_step)).transpose(1, 2)
-        A = -torch.exp(mixer.A_log.float())
-        y, _ = selective_scan(x, delta, A, B, C, mixer.D)
+        y = kernels.selective_scan(x, delta, -torch.exp(mixer.A_log.float()), B, C, mixer.D)
         y = y.to(hidden.dtype) * mixer.act(z)
         return mixer.out_proj(y.transpose(1, 2))
 

@@ -8,7 +8,7 @@ from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from ..errors import ShedderError
 from ..modeling import Mamba2MixerWithoutSSM
-from ..ops import ssd_scan
+from ..kernels import kernels_for
 from .base import MambaFamilyAdapter
 
 
@@ -30,30 +30,32 @@ class Mamba2Adapter(MambaFamilyAdapter):
                 raise ShedderError("Mamba-2 mixers with an extra MLP slice (d_mlp > 0) are not supported")
             if self.has_ssm(mixer.layer_idx) and not config.rms_norm:
                 raise ShedderError("Mamba-2 without the gated RMSNorm (rms_norm: false) is not supported")
+        if config.hidden_act not in ("silu", "swish"):
+            raise ShedderError(f"Mamba-2 with hidden_act={config.hidden_act!r} is not supported (silu only)")
 
     def split_projection(self, mixer, projected):
         return projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
 
     def mixer_forward(self, mixer, hidden):
         batch, seq_len, _ = hidden.shape
+        kernels = kernels_for(hidden.device.type)
         heads, head_dim = mixer.num_heads, mixer.head_dim
         groups, state = mixer.n_groups, mixer.ssm_state_size
         z, xBC, dt = self.split_projection(mixer, mixer.in_proj(hidden))
-        xBC = mixer.act(mixer.conv1d(xBC.transpose(1, 2))[..., :seq_len].transpose(1, 2))
+        xBC = kernels.conv(xBC.transpose(1, 2), mixer.conv1d.weight, mixer.conv1d.bias).transpose(1, 2)
         x, B, C = xBC.split([mixer.intermediate_size, groups * state, groups * state], dim=-1)
         dt = F.softplus(dt + mixer.dt_bias)
         dt = torch.clamp(dt, mixer.time_step_limit[0], mixer.time_step_limit[1])
-        x = x.reshape(batch, seq_len, heads, head_dim)
-        y, _ = ssd_scan(
-            x,
+        y = kernels.ssd(
+            x.reshape(batch, seq_len, heads, head_dim),
             dt,
             -torch.exp(mixer.A_log.float()),
             B.reshape(batch, seq_len, groups, state),
             C.reshape(batch, seq_len, groups, state),
             mixer.chunk_size,
+            mixer.D,
         )
-        y = (y + x.float() * mixer.D.float()[:, None]).reshape(batch, seq_len, -1)
-        return mixer.out_proj(mixer.norm(y, z).to(hidden.dtype))
+        return mixer.out_proj(mixer.norm(y.reshape(batch, seq_len, -1), z).to(hidden.dtype))
 
     def ssm_less_tensors(self, mixer):
         inner = mixer.intermediate_size

@@ -29,34 +29,40 @@ def selective_scan(
     batch, channels, length = u.shape
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
     chunk = chunk_size or max(1, int(math.sqrt(length)))
-    pad = (-length) % chunk
-    decay = torch.exp(delta[..., None] * A[:, None, :])  # [b, d, l, n]
-    drive = (delta * u)[..., None] * B[:, None, :, :]  # [b, d, l, n]
-    if pad:  # decay 1 and drive 0 leave the state unchanged on padding
-        decay = F.pad(decay, (0, 0, 0, pad), value=1.0)
-        drive = F.pad(drive, (0, 0, 0, pad))
-    chunks = decay.shape[2] // chunk
-    decay = decay.view(batch, channels, chunks, chunk, -1)
-    drive = drive.view(batch, channels, chunks, chunk, -1)
+    chunks = -(-length // chunk)
+    pad = chunks * chunk - length
+
+    # Work time-major, [chunk position, b, d, chunk, n], so each step reads contiguous slices;
+    # only the small [b, d, l] / [b, l, n] inputs are permuted. Padding: delta 0 gives decay 1
+    # and drive 0, which leave the state unchanged.
+    def per_channel(t: torch.Tensor) -> torch.Tensor:  # [b, d, l] -> [T, b, d, c, 1]
+        t = F.pad(t, (0, pad))
+        return t.view(batch, channels, chunks, chunk).permute(3, 0, 1, 2)[..., None]
+
+    def per_state(t: torch.Tensor) -> torch.Tensor:  # [b, l, n] -> [T, b, 1, c, n]
+        t = F.pad(t, (0, 0, 0, pad))
+        return t.view(batch, chunks, chunk, -1).permute(2, 0, 1, 3)[:, :, None]
+
+    dt = per_channel(delta)
+    decay = torch.exp(dt * A[None, None, :, None, :])
+    drive = (dt * per_channel(u)) * per_state(B)
 
     # inside every chunk at once, from a zero state: local states and running decay products
-    # (collected in lists, not written in place, so that autograd can differentiate the scan)
-    local, running = [drive[:, :, :, 0]], [decay[:, :, :, 0]]
+    local, running = [drive[0]], [decay[0]]
     for t in range(1, chunk):
-        local.append(decay[:, :, :, t] * local[-1] + drive[:, :, :, t])
-        running.append(decay[:, :, :, t] * running[-1])
-    local, running = torch.stack(local, dim=3), torch.stack(running, dim=3)
+        local.append(torch.addcmul(drive[t], decay[t], local[-1]))
+        running.append(decay[t] * running[-1])
+    local, running = torch.stack(local), torch.stack(running)
 
     # across chunks: the state entering each chunk
-    state = torch.zeros_like(drive[:, :, 0, 0]) if initial_state is None else initial_state.float()
+    state = torch.zeros_like(local[0, :, :, 0]) if initial_state is None else initial_state.float()
     entering = []
     for c in range(chunks):
         entering.append(state)
-        state = local[:, :, c, -1] + running[:, :, c, -1] * state
-    states = local + running * torch.stack(entering, dim=2)[:, :, :, None]
-
-    states = states.view(batch, channels, chunks * chunk, -1)[:, :, :length]
-    y = torch.einsum("bdln,bln->bdl", states, C)
+        state = local[-1, :, :, c] + running[-1, :, :, c] * state
+    states = torch.addcmul(local, running, torch.stack(entering, dim=2))  # [T, b, d, c, n]
+    y = (states * per_state(C)).sum(-1)  # [T, b, d, c]
+    y = y.permute(1, 2, 3, 0).reshape(batch, channels, chunks * chunk)[:, :, :length]
     if D is not None:
         y = y + u * D.float()[:, None]
     return y, state

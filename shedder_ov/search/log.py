@@ -41,5 +41,13 @@ class SearchLog:
         return self.records[0] if self.records and self.records[0].get("type") == "run" else None
 
     def evaluations(self) -> dict[tuple[int, str | None], float]:
-        """(step, candidate name) → PPL; step 0 with candidate None is the unpruned model."""
-        return {(r["step"], r["candidate"]): r["ppl"] for r in self.records if r.get("type") == "eval"}
+        """(step, candidate name) → PPL on all batches; step 0 with candidate None is the unpruned model."""
+        return {(r["step"], r["candidate"]): r["ppl"] for r in self.records if r.get("type") == "eval" and "batches" not in r}
+
+    def partial_evaluations(self) -> dict[int, dict[tuple[int, str], float]]:
+        """Batches used → (step, candidate name) → PPL on those first batches (approximate search)."""
+        found: dict[int, dict] = {}
+        for r in self.records:
+            if r.get("type") == "eval" and "batches" in r:
+                found.setdefault(r["batches"], {})[(r["step"], r["candidate"])] = r["ppl"]
+        return found

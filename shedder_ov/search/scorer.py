@@ -2,17 +2,25 @@
 
 Masking the component of layer i changes nothing before layer i, so the exact scorer keeps
 the residual stream entering every (or every k-th, within a memory budget) layer of the
-current base model and recomputes a candidate only from there on. Same floats, same order of
-operations: the PPLs equal those of the full forward bit for bit."""
+current base model and recomputes a candidate only from there on.
+
+`perplexities` scores many candidates in one sweep over the layers: the streams of all
+candidates that have entered run through each shared (unmasked) layer as one batch, so the
+kernels see big batches and the host syncs once per group. Same math as masking candidates
+one by one; only the batching of the matmuls differs (PPLs agree to float rounding)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import MambaFamilyAdapter
+from ..adapters import Candidate, MambaFamilyAdapter
+
+# activations one layer forward holds per element of the residual stream (in_proj, conv, scan)
+_LAYER_WORKSPACE = 16
 
 
 class PerplexityScorer:
@@ -24,15 +32,23 @@ class PerplexityScorer:
         device: torch.device,
         reuse_prefix: bool = True,
         cache_budget_bytes: int = 2 << 30,
+        group_budget_bytes: int | None = None,
     ):
         self.adapter = adapter
         self.batches = [b.to(device) for b in windows.split(batch_size)]
         self.reuse_prefix = reuse_prefix
-        self.tokens = sum(b[:, 1:].numel() for b in self.batches)
         hidden = adapter.model.config.hidden_size
         bytes_per_layer = windows.numel() * hidden * 4
         self.stride = max(1, math.ceil(adapter.num_layers * bytes_per_layer / cache_budget_bytes))
+        if group_budget_bytes is None:
+            device = torch.device(device)
+            group_budget_bytes = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else 1 << 30
+        per_candidate = batch_size * windows.shape[1] * hidden * 4 * _LAYER_WORKSPACE
+        self.group_size = max(1, group_budget_bytes // per_candidate) if reuse_prefix else 1
         self._cache: dict[int, list[torch.Tensor]] = {}
+
+    def tokens(self, batches: int | None = None) -> int:
+        return sum(b[:, 1:].numel() for b in self.batches[:batches])
 
     def _nll(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").double()
@@ -44,32 +60,89 @@ class PerplexityScorer:
             return
         adapter = self.adapter
         start = (from_layer // self.stride) * self.stride
-        if start == 0:
-            streams = [adapter.embed(ids) for ids in self.batches]
+        if start == 0 or start not in self._cache:
+            start, streams = 0, [adapter.embed(ids) for ids in self.batches]
         else:
             streams = self._cache[start]
         for layer in range(start, adapter.num_layers):
             if layer % self.stride == 0:
                 self._cache[layer] = streams
             streams = [adapter.layer_forward(layer, h) for h in streams]
+        self._cache[adapter.num_layers] = streams  # the base model's own PPL needs only the head
+
+    def _entry(self, layer: int) -> int:
+        return (layer // self.stride) * self.stride
 
     @torch.no_grad()
-    def perplexity(self, from_layer: int = 0) -> float:
-        """PPL of the currently masked model; layers before `from_layer` must be unchanged
-        since the last `rebase`."""
+    def perplexity(self, from_layer: int = 0, batches: int | None = None) -> float:
+        """PPL of the currently masked model on the first `batches` batches; layers before
+        `from_layer` must be unchanged since the last `rebase`."""
         adapter = self.adapter
         total = torch.zeros((), dtype=torch.float64, device=self.batches[0].device)
         if self.reuse_prefix:
             if not self._cache:
                 self.rebase(0)
-            start = (from_layer // self.stride) * self.stride
+            start = self._entry(from_layer)
             streams = self._cache[start]
         else:
             start, streams = 0, [None] * len(self.batches)
-        for ids, hidden in zip(self.batches, streams):
+        for ids, hidden in zip(self.batches[:batches], streams):
             if hidden is None:
                 hidden = adapter.embed(ids)
             for layer in range(start, adapter.num_layers):
                 hidden = adapter.layer_forward(layer, hidden)
             total += self._nll(adapter.head(hidden), ids)
-        return math.exp(total.item() / self.tokens)
+        return math.exp(total.item() / self.tokens(batches))
+
+    @torch.no_grad()
+    def perplexities(self, candidates: Sequence[Candidate], batches: int | None = None) -> list[float]:
+        """PPL with each candidate masked alone (on top of the current masks), in order."""
+        if not self.reuse_prefix:
+            scores = []
+            for candidate in candidates:
+                self.adapter.mask(candidate)
+                scores.append(self.perplexity(batches=batches))
+                self.adapter.unmask(candidate)
+            return scores
+        if not self._cache:
+            self.rebase(0)
+        nll = torch.zeros(len(candidates), dtype=torch.float64, device=self.batches[0].device)
+        for b, ids in enumerate(self.batches[:batches]):
+            for first in range(0, len(candidates), self.group_size):
+                group = list(candidates[first : first + self.group_size])
+                nll[first : first + len(group)] += self._sweep(group, b, ids)
+        return [math.exp(v / self.tokens(batches)) for v in nll.tolist()]
+
+    def _sweep(self, group: list[Candidate], b: int, ids: torch.Tensor) -> torch.Tensor:
+        """NLL sums of one batch for a group of candidates, sharing every unmasked layer."""
+        adapter = self.adapter
+        order = sorted(range(len(group)), key=lambda i: group[i].layer)
+        rows = ids.shape[0]
+        stack, members = None, []  # members[k] = index into group of rows k*rows:(k+1)*rows
+        pending = list(order)
+        for layer in range(self._entry(group[order[0]].layer), adapter.num_layers):
+            entering = []
+            while pending and self._entry(group[pending[0]].layer) == layer:
+                entering.append(pending.pop(0))
+            if stack is not None:
+                out = adapter.layer_forward(layer, stack)
+                for k, i in enumerate(members):
+                    if group[i].layer == layer:  # entered earlier (stride > 1), masked here
+                        out[k * rows : (k + 1) * rows] = self._masked(group[i], layer, stack[k * rows : (k + 1) * rows])
+                stack = out
+            for i in entering:
+                cached = self._cache[layer][b]
+                fresh = self._masked(group[i], layer, cached) if group[i].layer == layer else adapter.layer_forward(layer, cached)
+                stack = fresh if stack is None else torch.cat([stack, fresh])
+                members.append(i)
+        nll = torch.zeros(len(group), dtype=torch.float64, device=ids.device)
+        for k, i in enumerate(members):
+            nll[i] = self._nll(adapter.head(stack[k * rows : (k + 1) * rows]), ids)
+        return nll
+
+    def _masked(self, candidate: Candidate, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        self.adapter.mask(candidate)
+        try:
+            return self.adapter.layer_forward(layer, hidden)
+        finally:
+            self.adapter.unmask(candidate)

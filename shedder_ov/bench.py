@@ -1,0 +1,187 @@
+"""`shedder-ov bench`: OpenVINO speed of IR variants side by side (never a timed unit test).
+
+Lean loops over plain infer requests (no HF generate): prefill latency per prompt length,
+time to first token, batch-1 decode tokens/s, compile time, IR size, peak RSS. Each variant
+runs in its own process so peak RSS is its own. Batch-1 decode is memory-bound, so every
+row also gets bytes read per token and the fraction of measured copy bandwidth it reaches."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ShedderError
+from .evaluation.runtime import compile_ir, ir_feeds, ir_file
+
+
+def _stats(samples: list[float]) -> dict:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+def memory_bandwidth(threads: int = 2, megabytes: int = 256, repeats: int = 5) -> float:
+    """Copy bandwidth in GB/s (bytes read + written) with `threads` torch threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    torch.set_num_threads(previous)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def model_limits(folder: Path) -> tuple[int | None, int]:
+    """(max prompt length or None, vocab size) from the IR folder's config.json."""
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    return limit, config.get("vocab_size", 1000)
+
+
+def ir_size(xml: Path) -> int:
+    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+
+
+def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), new_tokens: int = 128,
+             warmup: int = 1, repeats: int = 3, threads: int = 2, precision: str = "f32", profile: bool = False) -> dict:
+    """Time one IR; with `profile`, also the top ops of a decode step (OV performance counters)."""
+    xml = ir_file(Path(path))
+    if xml is None:
+        raise ShedderError(f"{path}: not an OpenVINO IR (no openvino_model.xml)")
+    limit, vocab = model_limits(xml.parent)
+    too_long = [n for n in prompt_lengths if limit and n > limit]
+    if too_long:
+        raise ShedderError(f"prompt length {too_long[0]} is above the model's limit of {limit} tokens")
+    config = {"INFERENCE_NUM_THREADS": threads, "PERF_COUNT": profile}
+    start = time.perf_counter()
+    compiled = compile_ir(xml, device, precision, config)
+    row = {"ir": str(xml.parent), "ir_mb": ir_size(xml) / 2**20, "compile_s": time.perf_counter() - start}
+    request = compiled.create_infer_request()
+    names = {p.any_name for p in compiled.inputs}
+    rng = np.random.default_rng(0)
+
+    def prefill(length: int) -> np.ndarray:
+        request.reset_state()
+        request.infer(ir_feeds(names, rng.integers(2, vocab, (1, length))))
+        return request.get_tensor("logits").data[:, -1].argmax(-1)[:, None]
+
+    row["prefill_ms"] = {}
+    for length in prompt_lengths:
+        samples = [_timed(lambda: prefill(length)) * 1e3 for _ in range(warmup + repeats)][warmup:]
+        row["prefill_ms"][length] = _stats(samples)
+    row["ttft_ms"] = row["prefill_ms"][prompt_lengths[0]]["median"]
+    states = request.query_state()
+    if not states:
+        row["decode"] = None
+        row["note"] = "stateless IR: no decode loop"
+        return row | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    def decode() -> float:
+        token = prefill(prompt_lengths[0])
+        start = time.perf_counter()
+        for step in range(new_tokens):
+            request.infer(ir_feeds(names, token.astype(np.int64), prompt_lengths[0] + step))
+            token = request.get_tensor("logits").data[:, -1].argmax(-1)[:, None]
+        return new_tokens / (time.perf_counter() - start)
+
+    rates = [decode() for _ in range(warmup + repeats)][warmup:]
+    state_bytes = sum(s.state.data.nbytes for s in request.query_state())
+    weight_bytes = xml.with_suffix(".bin").stat().st_size
+    row["decode"] = {"tok_s": _stats(rates), "state_mb": state_bytes / 2**20,
+                     "bytes_per_token": weight_bytes + 2 * state_bytes}
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if profile:
+        row["top_ops"] = top_ops(request)
+    return row
+
+
+def top_ops(request, count: int = 8) -> list[dict]:
+    """Where the last inference spent its time, summed by op type."""
+    by_type: dict[str, float] = {}
+    for info in request.get_profiling_info():
+        key = f"{info.node_type} ({info.exec_type})"
+        by_type[key] = by_type.get(key, 0.0) + info.real_time.total_seconds() * 1e6
+    total = sum(by_type.values()) or 1.0
+    ranked = sorted(by_type.items(), key=lambda kv: -kv[1])[:count]
+    return [{"op": op, "us": us, "share": us / total} for op, us in ranked]
+
+
+def _worker(queue, args, kwargs):
+    try:
+        queue.put(bench_ir(*args, **kwargs))
+    except ShedderError as error:
+        queue.put({"error": str(error)})
+
+
+def bench_isolated(path: str, **kwargs) -> dict:
+    """bench_ir in a fresh process, so peak RSS and compile time are the variant's own."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_worker, args=(queue, (path,), kwargs))
+    process.start()
+    process.join()  # rows are small: they fit the queue's pipe, so joining first cannot deadlock
+    if queue.empty():
+        raise ShedderError(f"{path}: benchmark process died (exit code {process.exitcode}; out of memory?)")
+    row = queue.get()
+    if "error" in row:
+        raise ShedderError(row["error"])
+    return row
+
+
+def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int = 2, **kwargs) -> dict:
+    """Every variant side by side; ratios against the first; bandwidth fraction of decode."""
+    import openvino as ov
+
+    for path in paths:
+        if ir_file(Path(path)) is None:
+            raise ShedderError(f"{path}: not an OpenVINO IR (no openvino_model.xml)")
+    bandwidth = memory_bandwidth(threads)
+    rows = []
+    for label, path in zip(labels or [Path(p).name for p in paths], paths):
+        row = {"label": label, **bench_isolated(str(path), threads=threads, **kwargs)}
+        if row.get("decode"):
+            rate = row["decode"]["tok_s"]["median"]
+            row["decode"]["bandwidth_fraction"] = row["decode"]["bytes_per_token"] * rate / (bandwidth * 1e9)
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        row["vs_first"] = {
+            "prefill": {n: base["prefill_ms"][n]["median"] / row["prefill_ms"][n]["median"] for n in row["prefill_ms"]},
+            "decode": row["decode"]["tok_s"]["median"] / base["decode"]["tok_s"]["median"]
+            if row.get("decode") and base.get("decode") else None,
+        }
+    return {"openvino": ov.get_version(), "threads": threads, "cpu_count": os.cpu_count(),
+            "bandwidth_gbs": bandwidth, "rows": rows}
+
+
+def format_table(result: dict) -> str:
+    lengths = list(result["rows"][0]["prefill_ms"])
+    head = ["variant", "IR MB", "compile s"] + [f"prefill {n} ms" for n in lengths] + [
+        "decode tok/s", "decode ×", "B/token MB", "BW frac", "RSS MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["rows"]:
+        decode = row.get("decode") or {}
+        tok = decode.get("tok_s", {})
+        cells = [row["label"], f"{row['ir_mb']:.1f}", f"{row['compile_s']:.1f}"]
+        cells += [f"{row['prefill_ms'][n]['median']:.1f} ({row['prefill_ms'][n]['min']:.1f}-{row['prefill_ms'][n]['max']:.1f})"
+                  for n in lengths]
+        cells += [f"{tok['median']:.1f} ({tok['min']:.1f}-{tok['max']:.1f})" if tok else "-",
+                  f"{row['vs_first']['decode']:.2f}" if row["vs_first"]["decode"] else "-",
+                  f"{decode['bytes_per_token'] / 2**20:.1f}" if decode else "-",
+                  f"{decode['bandwidth_fraction']:.2f}" if decode else "-", f"{row['peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\nOpenVINO {result['openvino']}, {result['threads']} threads, copy bandwidth {result['bandwidth_gbs']:.1f} GB/s"

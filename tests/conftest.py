@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random models of each family, the real shared models and data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoTokenizer,
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
+
+import shedder_ov  # noqa: F401  (registers the pruned classes)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHEDDER_SHARED", REPO.parent / "shared"))
+MODELS = SHARED / "models"
+TRAIN_TEXT = SHARED / "data" / "tinystories" / "train.txt"
+EVAL_TEXT = SHARED / "data" / "tinystories" / "eval.txt"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_config(family: str):
+    """A few-layer random config per family; Mamba-2 uses 2 groups and a short chunk."""
+    common = dict(hidden_size=64, num_hidden_layers=4, vocab_size=8192, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if family == "mamba2":
+        return Mamba2Config(**common, num_heads=8, head_dim=16, state_size=16, n_groups=2, chunk_size=16, expand=2)
+    if family == "mamba":
+        return MambaConfig(**common, state_size=8, intermediate_size=128, time_step_rank=8)
+    if family == "falcon_mamba":
+        return FalconMambaConfig(**common, state_size=8, intermediate_size=128, time_step_rank=8)
+    raise ValueError(family)
+
+
+MODEL_CLASSES = {"mamba2": Mamba2ForCausalLM, "mamba": MambaForCausalLM, "falcon_mamba": FalconMambaForCausalLM}
+FAMILIES = list(MODEL_CLASSES)
+
+
+def tiny_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = MODEL_CLASSES[family](tiny_config(family)).eval()
+    with torch.no_grad():  # spread A/dt so the SSMs matter
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.uniform_(-1.0, 1.5)
+    return model
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"shared fixture missing: {path} (set SHEDDER_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(require(MODELS / "mamba2-tiny"))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tokenizer):
+    """Save a tiny random model with the shared tokenizer; returns a factory(family) -> folder."""
+
+    def make(family: str) -> Path:
+        folder = tmp_path / f"tiny-{family}"
+        tiny_model(family).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    return make
