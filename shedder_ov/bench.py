@@ -45,11 +45,11 @@ def _timed(fn) -> float:
 
 
 def model_limits(folder: Path) -> tuple[int | None, int]:
-    """(max prompt length or None, vocab size) from the IR folder's config.json."""
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    limit = config.get("max_position_embeddings") or config.get("n_positions")
-    return limit, config.get("vocab_size", 1000)
+    """(max prompt length or None, vocab size) from the IR folder's config / tokenizer config."""
+    config, tokenizer = ({} if not (folder / name).is_file() else json.loads((folder / name).read_text())
+                         for name in ("config.json", "tokenizer_config.json"))
+    limit = config.get("max_position_embeddings") or config.get("n_positions") or tokenizer.get("model_max_length")
+    return (int(limit) if limit and limit < 1e9 else None), config.get("vocab_size", 1000)
 
 
 def ir_size(xml: Path) -> int:

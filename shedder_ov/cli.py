@@ -109,5 +109,49 @@ def eval_(
     typer.echo(json.dumps(record, indent=2))
 
 
+@app.command("bench")
+@one_line_errors
+def bench(
+    irs: list[Path] = typer.Argument(..., help="IR folders; ratios are against the first", show_default=False),
+    labels: str = typer.Option(None, help="comma-separated labels (report reads '<variant> <precision>')"),
+    device: str = typer.Option("CPU", help="OpenVINO device (CPU, GPU)"),
+    lengths: str = typer.Option("128,512,2048", help="prefill prompt lengths; the first is also the decode prompt"),
+    new_tokens: int = typer.Option(128, help="decode steps (batch 1)"),
+    repeats: int = typer.Option(3),
+    threads: int = typer.Option(2, help="INFERENCE_NUM_THREADS and bandwidth-test threads"),
+    profile: bool = typer.Option(False, help="also top ops of a decode step (OV performance counters)"),
+    json_out: Path = typer.Option(None, "--json", help="write the results here"),
+) -> None:
+    """Prefill latency, TTFT, decode tok/s, compile time, IR size and peak RSS of IRs, side by side."""
+    from .bench import format_table, run_bench
+    from .errors import ShedderError
+    from .io import write_json
+
+    names = [label.strip() for label in labels.split(",")] if labels else None
+    if names and len(names) != len(irs):
+        raise ShedderError(f"--labels: {len(names)} labels for {len(irs)} IRs")
+    try:
+        prompt_lengths = tuple(int(n) for n in lengths.split(","))
+    except ValueError:
+        raise ShedderError(f"--lengths: {lengths!r} is not a comma-separated list of integers") from None
+    result = run_bench(irs, names, threads, device=device, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
+                       repeats=repeats, profile=profile)
+    if json_out:
+        write_json(json_out, result)
+    typer.echo(format_table(result))
+
+
+@app.command("report")
+@one_line_errors
+def report(output_dir: Path = typer.Argument(..., help="a run's output dir", show_default=False)) -> None:
+    """Markdown + JSON + PNG study report of whatever the output dir holds (missing parts listed)."""
+    from .errors import ShedderError
+    from .report import write_report
+
+    if not output_dir.is_dir():
+        raise ShedderError(f"{output_dir}: output dir not found")
+    typer.echo(write_report(output_dir))
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -1,0 +1,169 @@
+"""The compression-study report of one output dir: Markdown + report.json + PNG plots.
+
+Reads whatever the stages left there and never fails on a partial run: a missing piece is a
+"–" cell plus a line under "Missing" naming the command that produces it. Layout read:
+  search/result.json, search/log.jsonl           prune
+  pruned/, recovered/ (or recovery/)             checkpoints
+  ov/<fp32|int8|int4>/, ov-original/<..>/, ov-recovered/<..>/   IRs (pruned, original, recovered)
+  eval/<variant>-<precision>.json                `shedder-ov eval --json`
+  bench.json                                     `shedder-ov bench --json` (labels "<variant> <precision>")"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .io import write_json
+
+PRECISIONS = ("fp32", "int8", "int4")
+IR_DIRS = {"original": "ov-original", "pruned": "ov", "recovered": "ov-recovered"}
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _ir_mb(folder: Path) -> float | None:
+    files = [folder / "openvino_model.xml", folder / "openvino_model.bin"]
+    return sum(f.stat().st_size for f in files) / 2**20 if all(f.is_file() for f in files) else None
+
+
+def _checkpoints(out: Path, result: dict | None) -> dict[str, Path | None]:
+    recovered = next((out / n for n in ("recovered", "recovery") if (out / n / "config.json").is_file()), None)
+    original = Path(result["model"]) if result and result.get("model") else None
+    return {"original": original, "pruned": out / "pruned" if (out / "pruned").is_dir() else None, "recovered": recovered}
+
+
+def collect(out: Path) -> dict:
+    """Every cell of the table that the output dir can answer, and a list of what it cannot."""
+    result = _read(out / "search" / "result.json")
+    bench = _read(out / "bench.json") or {}
+    bench_rows = {row["label"]: row for row in bench.get("rows", [])}
+    checkpoints = _checkpoints(out, result)
+    params = (result or {}).get("params", {})
+    rows, missing = [], []
+    if result is None:
+        missing.append("search/result.json (run `shedder-ov prune RECIPE`)")
+    for variant, checkpoint in checkpoints.items():
+        has_irs = (out / IR_DIRS[variant]).is_dir()
+        if checkpoint is None and not has_irs:
+            continue
+        for precision in PRECISIONS:
+            ir = out / IR_DIRS[variant] / precision
+            evaluation = _read(out / "eval" / f"{variant}-{precision}.json") or {}
+            timing = bench_rows.get(f"{variant} {precision}") or {}
+            row = {
+                "variant": variant, "precision": precision,
+                "params": params.get(variant) if variant != "recovered" else params.get("pruned"),
+                "ir_mb": _ir_mb(ir),
+                "ppl": {k: v["ppl"] for k, v in evaluation.get("ppl", {}).items()} or None,
+                "avg_acc": (evaluation.get("zeroshot") or {}).get("average"),
+                "prefill_ms": {n: v["median"] for n, v in timing.get("prefill_ms", {}).items()} or None,
+                "decode_tok_s": ((timing.get("decode") or {}).get("tok_s") or {}).get("median"),
+            }
+            if row["ir_mb"] is None:
+                missing.append(f"{variant} {precision}: IR {ir} (run `shedder-ov prune-and-export` / `compress`)")
+            elif not evaluation:
+                missing.append(f"{variant} {precision}: eval (run `shedder-ov eval {ir} --json {out}/eval/{variant}-{precision}.json`)")
+            if row["ir_mb"] is not None and not timing:
+                missing.append(f"{variant} {precision}: speed (run `shedder-ov bench ... --json {out}/bench.json`)")
+            rows.append(row)
+    base = next((r["decode_tok_s"] for r in rows if r["variant"] == "original" and r["precision"] == "fp32"), None)
+    for row in rows:
+        row["decode_speedup"] = row["decode_tok_s"] / base if base and row["decode_tok_s"] else None
+    return {"output": str(out), "search": result, "rows": rows, "missing": missing,
+            "bench": {k: bench.get(k) for k in ("openvino", "threads", "bandwidth_gbs")} if bench else None}
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def plot_search(out: Path, result: dict | None, target: Path) -> Path | None:
+    """PPL along the chosen path vs params removed, and every candidate the search scored."""
+    if not result or not any(r.get("ppl") for r in result.get("removed", [])):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    total = result["params"]["original"]
+    path = [(0.0, result.get("ppl_original"))] + [(100 * r["params_removed"] / total, r["ppl"]) for r in result["removed"]]
+    path = [(x, y) for x, y in path if y]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(*zip(*path), marker="o")
+    left.set(xlabel="params removed (%)", ylabel="calibration PPL", title="search path")
+    log = out / "search" / "log.jsonl"
+    evals = [json.loads(l) for l in log.read_text().splitlines() if l.strip()] if log.is_file() else []
+    evals = [e for e in evals if e.get("type") == "eval" and e.get("ppl") and e.get("step")]
+    if evals:
+        right.scatter([e["step"] for e in evals], [e["ppl"] for e in evals], s=8, color="grey", label="candidates")
+        right.plot([r["step"] for r in result["removed"] if r.get("ppl")], [r["ppl"] for r in result["removed"] if r.get("ppl")],
+                   color="C1", marker="o", label="chosen")
+        right.set(yscale="log", xlabel="step", ylabel="PPL", title="every scored candidate")
+        right.legend()
+    else:
+        right.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
+
+
+def plot_pareto(rows: list[dict], target: Path) -> Path | None:
+    """Average zero-shot accuracy vs decode speed of every variant that has both."""
+    points = [r for r in rows if r["avg_acc"] is not None and r["decode_tok_s"]]
+    if not points:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for row in points:
+        axis.scatter(row["decode_tok_s"], 100 * row["avg_acc"])
+        axis.annotate(f"{row['variant']} {row['precision']}", (row["decode_tok_s"], 100 * row["avg_acc"]), fontsize=8)
+    axis.set(xlabel="decode tokens/s (batch 1)", ylabel="avg zero-shot acc (%)", title="accuracy vs speed")
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
+
+
+def write_report(output_dir: str | Path) -> Path:
+    """Write report.md, report.json and the plots into output_dir; returns report.md."""
+    out = Path(output_dir)
+    data = collect(out)
+    plots = {name: plot(out / f"{name}.png") for name, plot in (
+        ("search_path", lambda t: plot_search(out, data["search"], t)), ("pareto", lambda t: plot_pareto(data["rows"], t)))}
+    data["plots"] = {k: v.name for k, v in plots.items() if v}
+    lines = [f"# Compression study: {out.name}", ""]
+    search = data["search"]
+    if search:
+        p = search["params"]
+        lines += [f"Model `{search.get('model')}` ({search.get('family')}): removed {len(search['removed'])} components, "
+                  f"params {p['original']:,} → {p['pruned']:,} (−{100 * (1 - p['pruned'] / p['original']):.1f}%).", ""]
+    lengths = sorted({n for r in data["rows"] for n in (r["prefill_ms"] or {})}, key=int)
+    head = ["variant", "precision", "params", "IR MB", "PPL", "avg acc"] + [f"prefill {n} ms" for n in lengths] + [
+        "decode tok/s", "speedup vs original fp32"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in data["rows"]:
+        ppl = ", ".join(f"{k} {v:.2f}" for k, v in r["ppl"].items()) if r["ppl"] else "–"
+        cells = [r["variant"], r["precision"], _fmt(r["params"], ","), _fmt(r["ir_mb"], ".1f"), ppl,
+                 _fmt(None if r["avg_acc"] is None else 100 * r["avg_acc"], ".1f")]
+        cells += [_fmt((r["prefill_ms"] or {}).get(n), ".1f") for n in lengths]
+        cells += [_fmt(r["decode_tok_s"], ".1f"), _fmt(r["decode_speedup"], ".2f") + ("×" if r["decode_speedup"] else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    if data["bench"]:
+        b = data["bench"]
+        lines += ["", f"Speed: OpenVINO {b['openvino']}, {b['threads']} threads, copy bandwidth {_fmt(b['bandwidth_gbs'], '.1f')} GB/s."]
+    lines += [""] + [f"![{name}]({file})" for name, file in data["plots"].items()]
+    if data["missing"]:
+        lines += ["", "## Missing", ""] + [f"- {m}" for m in data["missing"]]
+    write_json(out / "report.json", data)
+    target = out / "report.md"
+    target.write_text("\n".join(lines) + "\n")
+    return target

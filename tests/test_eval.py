@@ -1,0 +1,87 @@
+"""Evaluation, benchmark and report: one code path for torch and OpenVINO, clear bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shedder_ov.errors import ShedderError
+from shedder_ov.evaluation.ppl import evaluate_ppl
+from shedder_ov.evaluation.runtime import open_model
+from shedder_ov.evaluation.zeroshot import evaluate_zeroshot, task_config
+
+from .conftest import SHARED, tiny_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint_and_ir(tmp_path_factory, tokenizer):
+    from shedder_ov.export.exporter import export_model
+
+    root = tmp_path_factory.mktemp("eval")
+    model = tiny_model("mamba")
+    model.save_pretrained(root / "ckpt")
+    tokenizer.save_pretrained(root / "ckpt")
+    export_model(model, root / "ir")
+    tokenizer.save_pretrained(root / "ir")
+    return root / "ckpt", root / "ir"
+
+
+def test_ppl_torch_and_openvino_agree(checkpoint_and_ir):
+    checkpoint, ir = checkpoint_and_ir
+    torch_ppl = evaluate_ppl(open_model(checkpoint), ["tinystories"], seq_len=32, limit=3)["tinystories"]
+    ov_ppl = evaluate_ppl(open_model(ir), ["tinystories"], seq_len=32, limit=3)["tinystories"]
+    assert torch_ppl["tokens"] == ov_ppl["tokens"] == 3 * 31
+    assert ov_ppl["ppl"] == pytest.approx(torch_ppl["ppl"], rel=1e-4)
+
+
+def test_zeroshot_scores_a_few_items(checkpoint_and_ir):
+    result = evaluate_zeroshot(open_model(checkpoint_and_ir[1]), ["piqa", "hellaswag"], limit=4)
+    piqa = result["tasks"]["piqa"]
+    assert piqa["n"] == 4 and piqa["metric"] == "acc_norm" and 0.0 <= piqa["value"] <= 1.0
+    assert "not available locally" in result["tasks"]["hellaswag"]["skipped"]
+    assert result["average"] == piqa["value"]
+
+
+def test_missing_task_data_is_one_clear_error(tmp_path):
+    with pytest.raises(ShedderError, match="data file .* not found"):
+        task_config("piqa", data_dir=tmp_path)
+    assert task_config("arc_challenge", SHARED / "data" / "eval")["task"] == "arc_challenge"
+
+
+def test_bad_inputs(tmp_path, checkpoint_and_ir):
+    from shedder_ov.bench import bench_ir
+
+    with pytest.raises(ShedderError, match="neither a checkpoint"):
+        open_model(tmp_path)
+    with pytest.raises(ShedderError, match="above the model's limit"):
+        bench_ir(str(checkpoint_and_ir[1]), prompt_lengths=(100_000,))
+
+
+def test_report_from_partial_synthetic_output(tmp_path):
+    from shedder_ov.report import write_report
+
+    removed = [{"step": i, "candidate": f"layers.{i}.block", "ppl": 10.0 + i, "params_removed": 100 * i} for i in (1, 2)]
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "result.json").write_text(json.dumps(
+        {"model": "m", "family": "mamba", "removed": removed, "ppl_original": 10.0, "params": {"original": 1000, "pruned": 800}}))
+    log = [{"type": "eval", "step": s, "candidate": f"layers.{c}.block", "ppl": 10.0 + s + c} for s in (1, 2) for c in range(3)]
+    (tmp_path / "search" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    for variant, ir in (("original", "ov-original"), ("pruned", "ov")):
+        (tmp_path / ir / "fp32").mkdir(parents=True)
+        for suffix in ("xml", "bin"):
+            (tmp_path / ir / "fp32" / f"openvino_model.{suffix}").write_bytes(b"0" * 1000)
+        (tmp_path / "eval").mkdir(exist_ok=True)
+        (tmp_path / "eval" / f"{variant}-fp32.json").write_text(json.dumps(
+            {"ppl": {"tinystories": {"ppl": 20.0}}, "zeroshot": {"average": 0.4 if variant == "original" else 0.38}}))
+    rows = [{"label": f"{v} fp32", "prefill_ms": {"128": {"median": 5.0}}, "decode": {"tok_s": {"median": t}}}
+            for v, t in (("original", 100.0), ("pruned", 130.0))]
+    (tmp_path / "bench.json").write_text(json.dumps({"openvino": "x", "threads": 2, "bandwidth_gbs": 10.0, "rows": rows}))
+
+    report = write_report(tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    pruned = next(r for r in data["rows"] if r["variant"] == "pruned" and r["precision"] == "fp32")
+    assert pruned["decode_speedup"] == pytest.approx(1.3)
+    assert (tmp_path / "search_path.png").stat().st_size and (tmp_path / "pareto.png").stat().st_size
+    text = report.read_text()
+    assert "1.30×" in text and "## Missing" in text and "pruned int8: IR" in text
