@@ -46,8 +46,11 @@ def lora_targets(adapter: MambaFamilyAdapter, spec: RecoverySpec) -> list[str]:
 
 
 def prepare(model: nn.Module, adapter: MambaFamilyAdapter, spec: RecoverySpec) -> nn.Module:
-    """The module whose trainable parameters are tuned: a PEFT wrapper (LoRA injected into
-    `model` in place, so the adapter's forward uses it) or `model` itself (full)."""
+    """The module whose trainable parameters are tuned: `model` itself (full), or a PEFT
+    wrapper of its residual blocks with LoRA injected in place, so the adapter's forward runs
+    through it. PEFT wraps the blocks, not the model, because it refuses LoRA on out_proj for
+    Mamba model types: the transformers CUDA path bypasses that module. Our forward calls it
+    and the adapters are merged before saving, so that path never sees them."""
     if spec.method == "full":
         return model.requires_grad_(True)
     from peft import LoraConfig, get_peft_model
@@ -58,12 +61,15 @@ def prepare(model: nn.Module, adapter: MambaFamilyAdapter, spec: RecoverySpec) -
         lora_dropout=spec.lora.dropout,
         target_modules=lora_targets(adapter, spec),
     )
-    return get_peft_model(model, config)
+    model.requires_grad_(False)
+    return get_peft_model(adapter.layers, config)
 
 
-def merged(module: nn.Module) -> nn.Module:
-    """The plain model with LoRA folded into the weights (or the fully tuned model)."""
-    return module.merge_and_unload() if hasattr(module, "merge_and_unload") else module
+def merged(model: nn.Module, module: nn.Module) -> nn.Module:
+    """`model` with the LoRA adapters of `module` folded into its weights (full: as is)."""
+    if module is not model:
+        module.merge_and_unload()
+    return model
 
 
 def held_out_ppl(adapter: MambaFamilyAdapter, windows: torch.Tensor, batch_size: int, device) -> float:
@@ -126,7 +132,7 @@ def run_recovery(recipe: Recipe, force: bool = False) -> dict:
     module = prepare(model, adapter, spec)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     trained = train(adapter, module, train_windows, spec, seed, device, checkpoint, current)
-    tuned = merged(module).eval()
+    tuned = merged(model, module).eval()
     ppl_after = held_out_ppl(adapter_for(tuned), held_out, spec.batch_size, device)
     tuned = tuned.to(DTYPES[recipe.dtype])
     save_checkpoint(tuned, tokenizer, recovered_dir, generation_source=pruned_dir)

@@ -22,12 +22,13 @@ from shedder_ov.training import train
 
 from .conftest import EVAL_TEXT, FAMILIES, MODELS, TRAIN_TEXT, require, tiny_model
 
-REMOVAL = [Candidate(1, "ssm"), Candidate(2, "mamba_block")]
+REMOVAL = [Candidate(1, "ssm"), Candidate(2, "mamba_block")]  # heterogeneous Shedder* class
+BLOCKS_ONLY = [Candidate(2, "mamba_block")]  # the stock transformers class
 IDS = torch.randint(0, 8192, (2, 24), generator=torch.Generator().manual_seed(3))
 
 
-def pruned_tiny(family: str):
-    return adapter_for(tiny_model(family)).pruned_model(REMOVAL)
+def pruned_tiny(family: str, removal=REMOVAL):
+    return adapter_for(tiny_model(family)).pruned_model(removal)
 
 
 def make_recipe(tmp_path, recovery: dict, model="unused", **top):
@@ -67,25 +68,26 @@ def pruned_output(texts, tokenizer):
     return make
 
 
+@pytest.mark.parametrize("removal", [REMOVAL, BLOCKS_ONLY], ids=["ssm+block", "block"])
 @pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
-def test_lora_on_pruned_model_merges_exactly(family, tmp_path):
-    model = pruned_tiny(family)
+def test_lora_on_pruned_model_merges_exactly(family, removal, tmp_path):
+    model = pruned_tiny(family, removal)
     keys = set(model.state_dict())
     adapter = adapter_for(model)
     spec = make_recipe(tmp_path, {"method": "lora", "lora": {"rank": 4, "alpha": 8}}).recovery
     module = prepare(model, adapter, spec)
     assert any("lora_" in n for n, p in module.named_parameters() if p.requires_grad)
-    assert not any(p.requires_grad for n, p in module.named_parameters() if "lora_" not in n)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
     for name, param in module.named_parameters():
         if "lora_B" in name:
             param.normal_(std=0.05)  # LoRA starts as a no-op; make it change the model
     module.eval()
     with_lora = adapter.logits(IDS)
-    assert not torch.allclose(with_lora, adapter_for(pruned_tiny(family)).logits(IDS), atol=1e-3)
-    plain = merged(module)
+    assert not torch.allclose(with_lora, adapter_for(pruned_tiny(family, removal)).logits(IDS), atol=1e-3)
+    plain = merged(model, module)
     assert set(plain.state_dict()) == keys  # same architecture, no LoRA leftovers
-    assert type(plain).__name__.startswith("Shedder")
+    assert type(plain) is type(pruned_tiny(family, removal))
     assert torch.allclose(adapter_for(plain).logits(IDS), with_lora, atol=1e-4)
 
 
