@@ -153,5 +153,64 @@ def report(output_dir: Path = typer.Argument(..., help="a run's output dir", sho
     typer.echo(write_report(output_dir))
 
 
+@app.command()
+@one_line_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="checkpoint folder (original or pruned)", show_default=False),
+    out_dir: Path = typer.Argument(..., help="IR folder to write", show_default=False),
+    strict: bool = typer.Option(False, "--strict", help="a parity mismatch with torch is an error"),
+) -> None:
+    """Export to a stateful OpenVINO IR (optimum-intel loadable) and check parity with torch."""
+    import json
+
+    from .export.exporter import export_checkpoint
+
+    typer.echo(json.dumps(export_checkpoint(checkpoint, out_dir, strict=strict), indent=2))
+
+
+@app.command()
+@one_line_errors
+def compress(
+    ir_dir: Path = typer.Argument(..., help="exported IR folder", show_default=False),
+    out_dir: Path = typer.Argument(..., help="compressed IR folder to write", show_default=False),
+    mode: str = typer.Option("int8_asym", help="int8_sym | int8_asym | int4_sym | int4_asym"),
+    group_size: int = typer.Option(None, help="int4 group size (must divide the hidden size; -1: per-channel)"),
+    ratio: float = typer.Option(None, help="share of int4 MatMuls in int4 modes (rest int8)"),
+    awq: bool = typer.Option(False, "--awq", help="activation-aware scaling (int4, needs --dataset)"),
+    scale_estimation: bool = typer.Option(False, "--scale-estimation", help="int4, needs --dataset"),
+    gptq: bool = typer.Option(False, "--gptq", help="not applicable to Mamba (refused)"),
+    lora_correction: bool = typer.Option(False, "--lora-correction", help="not applicable to Mamba (refused)"),
+    compress_conv: bool = typer.Option(False, "--compress-conv", help="also int8 the depthwise conv1d (default: float)"),
+    dataset: str = typer.Option(None, help="recipe YAML (its calibration) or a text file, for data-aware modes"),
+) -> None:
+    """NNCF weight compression of an IR into its own loadable folder."""
+    import json
+
+    from .export.compress import CompressOptions, compress_ir
+
+    options = CompressOptions(
+        mode=mode, group_size=group_size, ratio=ratio, awq=awq, scale_estimation=scale_estimation, gptq=gptq,
+        lora_correction=lora_correction, compress_conv=compress_conv, dataset=dataset,
+    )
+    typer.echo(json.dumps(compress_ir(ir_dir, out_dir, options), indent=2))
+
+
+@app.command("prune-and-export")
+@one_line_errors
+def prune_and_export(
+    recipe: Path = RecipeArg,
+    force: bool = typer.Option(False, "--force", help="redo every stage"),
+) -> None:
+    """prune → [recover] → export → compress (recipe `export:` variants) → OUTPUT/summary.json."""
+    from .recipe import load_recipe
+    from .workflow import run_prune_and_export
+
+    run_prune_and_export(load_recipe(recipe), force=force)
+
+
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":
+    main()

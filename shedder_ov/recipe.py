@@ -136,12 +136,32 @@ class RecoverySpec(Strict):
         return self
 
 
+class ExportSpec(Strict):
+    """What `prune-and-export` writes under OUTPUT/ov/: one loadable IR folder per variant."""
+
+    variants: list[Literal["fp32", "int8", "int4"]] = Field(default_factory=lambda: ["fp32", "int8", "int4"], min_length=1)
+    strict: bool = Field(False, description="a parity mismatch of the fp32 IR is an error")
+    int8_mode: Literal["int8_sym", "int8_asym"] = "int8_asym"
+    int4_mode: Literal["int4_sym", "int4_asym"] = "int4_asym"
+    group_size: int | None = Field(None, description="int4 group size (default: NNCF's 128, narrower where needed)")
+    ratio: float | None = Field(None, gt=0, le=1, description="share of int4 MatMuls in the int4 variant")
+    eval_data: DataSpec | None = Field(None, description="held-out text for PPL (default: shared TinyStories eval.txt)")
+    eval_windows: int = Field(16, gt=0)
+    eval_seq_len: int = Field(256, gt=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
 class Recipe(Strict):
     model: Path
     tokenizer: Path | None = Field(None, description="tokenizer folder or tokenizer.json when the model folder has none")
     calibration: CalibrationSpec | None = None
     search: SearchSpec
     recovery: RecoverySpec | None = None
+    export: ExportSpec | None = None
     output: Path
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -1,0 +1,58 @@
+"""Greedy generation with a shedder-ov IR using only OpenVINO, NumPy and `tokenizers`
+(no torch, no transformers, no optimum).
+
+The IR is stateful: every layer's conv window and SSM state are OpenVINO variables. A call
+with the whole prompt fills them (prefill), then each call with one token advances them
+(decode); reset_state() starts a new sequence.
+
+    python export/generate_ov.py OUTPUT/ov/int4 "Once upon a time" --max-new-tokens 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from tokenizers import Tokenizer
+
+
+def generate(ir_dir: Path, prompt: str, max_new_tokens: int, precision: str | None = None) -> tuple[str, float]:
+    """The prompt's greedy continuation and the decode speed in tokens/s."""
+    tokenizer = Tokenizer.from_file(str(ir_dir / "tokenizer.json"))
+    eos = json.loads((ir_dir / "config.json").read_text()).get("eos_token_id")
+    config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    request = ov.Core().compile_model(ir_dir / "openvino_model.xml", "CPU", config).create_infer_request()
+    print("state variables:", len(request.query_state()))
+
+    def step(ids: list[int]) -> int:
+        ids_array = np.array([ids], dtype=np.int64)
+        inputs = {"input_ids": ids_array, "attention_mask": np.ones_like(ids_array), "beam_idx": np.zeros(1, np.int32)}
+        return int(request.infer(inputs)["logits"][0, -1].argmax())
+
+    request.reset_state()
+    tokens = [step(tokenizer.encode(prompt).ids)]
+    start = time.perf_counter()
+    while len(tokens) < max_new_tokens and tokens[-1] != eos:
+        tokens.append(step([tokens[-1]]))
+    elapsed = time.perf_counter() - start
+    return tokenizer.decode(tokens), (len(tokens) - 1) / max(elapsed, 1e-9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ir_dir", type=Path)
+    parser.add_argument("prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--precision", default=None, help="INFERENCE_PRECISION_HINT, e.g. f32")
+    args = parser.parse_args()
+    text, speed = generate(args.ir_dir, args.prompt, args.max_new_tokens, args.precision)
+    print(args.prompt + text)
+    print(f"decode: {speed:.1f} tok/s")
+
+
+if __name__ == "__main__":
+    main()

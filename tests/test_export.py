@@ -1,0 +1,147 @@
+"""OpenVINO export (issue 4): parity, stateful generation, optimum-intel loading, the plain
+openvino.Core example, NNCF compression variants, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from shedder_ov.adapters import Candidate, adapter_for
+from shedder_ov.checkpoints import load_checkpoint
+from shedder_ov.errors import ShedderError
+from shedder_ov.export.compress import CompressOptions, compress_ir
+from shedder_ov.export.exporter import export_checkpoint
+from shedder_ov.export.parity import torch_greedy
+from shedder_ov.export.runtime import F32, StatefulIR, read_ir
+
+from .conftest import FAMILIES, MODELS, REPO, require, tiny_model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer):
+    """Export on first use, once per module: tiny random models and a pruned mamba2-tiny."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            root = tmp_path_factory.mktemp(name)
+            if name == "pruned":  # 2 blocks AND 2 SSMs removed from the real model
+                model = load_checkpoint(require(MODELS / "mamba2-tiny"))
+                removed = [Candidate(3, "mamba_block"), Candidate(10, "mamba_block"), Candidate(5, "ssm"), Candidate(17, "ssm")]
+                model = adapter_for(model).pruned_model(removed)
+            else:
+                model = tiny_model(name)
+            model.save_pretrained(root / "ckpt")
+            tokenizer.save_pretrained(root / "ckpt")
+            report = export_checkpoint(root / "ckpt", root / "ir", strict=True)
+            cache[name] = (root / "ckpt", root / "ir", report)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", FAMILIES + ["pruned"])
+def test_export_parity_and_states(exported, name):
+    checkpoint, ir_dir, report = exported(name)
+    parity = report["parity"]
+    assert parity["ok"] and parity["greedy_equal"] and parity["long_prompt_tokens"] >= 1024
+    assert max(parity["max_abs_diff_short"], parity["max_abs_diff_long"]) <= 1e-3
+    config = load_checkpoint(checkpoint).config
+    ssm_layers = config.num_hidden_layers - len(getattr(config, "ssm_removed_layers", None) or [])
+    assert len(read_ir(ir_dir).get_variables()) == config.num_hidden_layers + ssm_layers  # conv + SSM states
+
+
+def test_prefill_in_pieces_matches_whole(exported):
+    """The state carried by the IR: a prompt fed in two calls gives the same logits."""
+    _, ir_dir, _ = exported("pruned")
+    ir, ids = StatefulIR(ir_dir, F32), np.arange(1, 301) % 8000
+    ir.reset()
+    whole = ir(ids[None])
+    ir.reset()
+    pieces = np.concatenate([ir(ids[None, :200]), ir(ids[None, 200:201]), ir(ids[None, 201:])], axis=1)
+    assert np.abs(whole - pieces).max() < 1e-3
+
+
+def test_optimum_generate_and_pipeline(exported, tokenizer):
+    from optimum.intel import OVModelForCausalLM
+    from transformers import pipeline
+
+    checkpoint, ir_dir, _ = exported("pruned")
+    model = OVModelForCausalLM.from_pretrained(ir_dir, ov_config=F32)
+    assert model.stateful
+    prompt = tokenizer("Once upon a time, there was a", return_tensors="pt")["input_ids"]
+    out = model.generate(prompt, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+    expected = torch_greedy(adapter_for(load_checkpoint(checkpoint)), prompt[0].numpy(), 16)
+    assert out[0, prompt.shape[1] :].tolist() == expected
+    text = pipeline("text-generation", model=model, tokenizer=tokenizer)("Once upon a time", max_new_tokens=8, do_sample=False)
+    assert text[0]["generated_text"].startswith("Once upon a time")
+
+
+def test_plain_openvino_example_without_torch(exported):
+    _, ir_dir, _ = exported("pruned")
+    script = (
+        "import runpy, sys; sys.argv = ['generate_ov.py', sys.argv[1], 'Once upon a time', '--max-new-tokens', '12'];"
+        "runpy.run_path(sys.argv[0] if False else %r, run_name='__main__');"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'" % str(REPO / "export" / "generate_ov.py")
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(ir_dir)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Once upon a time" in result.stdout and "tok/s" in result.stdout
+
+
+@pytest.mark.parametrize("mode,group_size", [("int8_sym", None), ("int8_asym", None), ("int4_sym", 32), ("int4_asym", None)])
+def test_compression_variants_load(exported, tmp_path, mode, group_size):
+    from optimum.intel import OVModelForCausalLM
+
+    _, ir_dir, _ = exported("mamba2")
+    report = compress_ir(ir_dir, tmp_path / mode, CompressOptions(mode=mode, group_size=group_size))
+    assert report["ir_bytes"] < (ir_dir / "openvino_model.bin").stat().st_size
+    model = OVModelForCausalLM.from_pretrained(tmp_path / mode)
+    assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, min_new_tokens=4, do_sample=False).shape[1] == 7
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (CompressOptions(mode="int5_sym"), "unknown compression mode"),
+        (CompressOptions(mode="int4_sym", group_size=48), "does not divide the hidden size"),
+        (CompressOptions(mode="int8_sym", gptq=True), "not applicable to Mamba"),
+        (CompressOptions(mode="int4_sym", lora_correction=True), "not applicable to Mamba"),
+        (CompressOptions(mode="int4_sym", awq=True), "need --dataset"),
+    ],
+)
+def test_compression_bad_options(exported, tmp_path, options, message):
+    _, ir_dir, _ = exported("mamba2")
+    with pytest.raises(ShedderError, match=message):
+        compress_ir(ir_dir, tmp_path / "out", options)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_corrupted_ir_and_unsupported_family(exported, tmp_path):
+    import shutil
+
+    _, ir_dir, _ = exported("mamba2")
+    broken = tmp_path / "broken"
+    shutil.copytree(ir_dir, broken)
+    (broken / "openvino_model.xml").write_text((broken / "openvino_model.xml").read_text()[:2000])
+    with pytest.raises(ShedderError, match="corrupted IR"):
+        compress_ir(broken, tmp_path / "out", CompressOptions())
+    (broken / "openvino_model.bin").unlink()
+    with pytest.raises(ShedderError, match="not an OpenVINO IR folder"):
+        StatefulIR(broken)
+    with pytest.raises(ShedderError, match="unsupported architecture"):
+        export_checkpoint(require(MODELS / "zamba2-tiny"), tmp_path / "zamba")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "zamba").exists()
+
+
+def test_cli_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from shedder_ov.cli import app
+
+    result = CliRunner().invoke(app, ["compress", str(tmp_path), str(tmp_path / "out"), "--mode", "int8_sym"])
+    assert result.exit_code == 2 and "not an OpenVINO IR folder" in result.output
