@@ -65,7 +65,7 @@ def _import_past_package_init(module: str):
         if spec is None or not spec.submodule_search_locations:
             raise
         stub = types.ModuleType(root)
-        stub.__path__ = list(spec.submodule_search_locations)
+        stub.__path__, stub.__spec__ = list(spec.submodule_search_locations), spec
         sys.modules[root] = stub
         return importlib.import_module(module)
 

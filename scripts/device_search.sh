@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# On the device machine (no network): install the carried wheels and mamba-ssm's Triton ops,
+# then run the GPU search benchmark. Prepare with scripts/device_prepare.sh; the run call
+# carries .device/whl .device/src .device/models .device/calib.pt and runs this script.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+python3 -V
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)'
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl || exit 1
+started=$(date +%s)
+# The CUDA extensions take >10 min to build; the Mamba-2 SSD scan is Triton and needs none.
+MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+  --no-cache-dir --target /tmp/site .device/src/mamba_ssm-*.tar.gz || echo "mamba-ssm install failed: torch fallback"
+echo "mamba-ssm (Triton ops) installed in $(( $(date +%s) - started )) s"
+mkdir -p /tmp/models && tar xJf .device/models/tiny.tar.xz -C /tmp/models
+python3 scripts/device_bench.py --models /tmp/models --windows .device/calib.pt --out "$OUT" "$@"
