@@ -2,7 +2,8 @@
 
 1. parity: PPLs through the mamba-ssm kernels vs the pure-torch ops on the same GPU;
 2. naive / fast / halving with kernels, and fast on the pure-torch ops, per model: the real
-   mamba2-tiny and mamba1-tiny, and a random-weight 780m-like Mamba-2 built from its config."""
+   mamba2-tiny and mamba1-tiny (fp32), and a random-weight 780m-like Mamba-2 (bf16) built from
+   its config."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def random_780m() -> torch.nn.Module:
     )
     torch.manual_seed(0)
     with torch.device("cuda"):
-        return Mamba2ForCausalLM(config).eval()
+        return Mamba2ForCausalLM(config).to(torch.bfloat16).eval()
 
 
 def parity(adapter, windows, batch_size, n_candidates=6) -> dict:
@@ -68,10 +69,10 @@ def main() -> None:
     console.print(f"{torch.cuda.get_device_name()}: kernels ssd/selective_scan/conv = {kernels_for('cuda').names}")
     windows = torch.load(args.windows)  # [32, 512]
     tiny = windows.reshape(-1, 256)  # 64 × 256
-    jobs = [
-        ("mamba2-tiny", lambda: AutoModelForCausalLM.from_pretrained(args.models / "mamba2-tiny").to(device).eval(), tiny, 8),
-        ("mamba1-tiny", lambda: AutoModelForCausalLM.from_pretrained(args.models / "mamba1-tiny").to(device).eval(), tiny, 8),
-        ("mamba2-780m-random", random_780m, windows[:16], 4),
+    jobs = [  # 16 calibration batches each, so that halving has rounds to halve
+        ("mamba2-tiny", lambda: AutoModelForCausalLM.from_pretrained(args.models / "mamba2-tiny").to(device).eval(), tiny, 4),
+        ("mamba1-tiny", lambda: AutoModelForCausalLM.from_pretrained(args.models / "mamba1-tiny").to(device).eval(), tiny, 4),
+        ("mamba2-780m-random-bf16", random_780m, windows[:16], 1),
     ]
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "models": {}}
     for name, build, data, batch_size in jobs:
