@@ -164,14 +164,18 @@ class GreedySearch:
             if scope is None or len(survivors) == 1:
                 break
             keep = max(1, math.ceil(len(survivors) * self.halving_keep))
-            survivors = [c for c in remaining if c in {c for _, c in ranked[:keep]}]
+            kept = {c for _, c in ranked[:keep]}
+            survivors = [c for c in remaining if c in kept]
             self._advance(len(ranked) - keep)
             batches *= 2
         best_ppl, best = ranked[0]
         if scope is not None:  # stopped with one survivor before the last round: score it exactly
             best_ppl = self._evaluate_many(step, [best], known, result)[0]
         differs = rounds[0]["leader"] != best.name
-        self.log.append({"type": "halving", "step": step, "rounds": rounds, "choice": best.name, "differs_from_exact_on_first_batches": differs})
+        if not any(r.get("type") == "halving" and r["step"] == step for r in self.log.records):  # not again on resume
+            self.log.append(
+                {"type": "halving", "step": step, "rounds": rounds, "choice": best.name, "differs_from_exact_on_first_batches": differs}
+            )
         return best_ppl, best
 
     def run(self) -> SearchResult:
