@@ -89,6 +89,7 @@ def eval_(
     tasks: str = typer.Option(
         "lambada_openai,hellaswag,piqa,arc_easy,arc_challenge,winogrande,openbookqa", help="zero-shot tasks, or none"
     ),
+    data_root: Path = typer.Option(Path("../shared/data"), help="folder with tinystories/, wikitext2/, alpaca/, eval/"),
     seq_len: int = typer.Option(512, help="PPL window length"),
     ppl_windows: int = typer.Option(None, help="first N PPL windows per dataset (default: all)"),
     limit: int = typer.Option(None, help="first N items per zero-shot task (default: all)"),
@@ -100,10 +101,13 @@ def eval_(
     """Perplexity on local text and zero-shot accuracy (lm-eval, offline) of a checkpoint or IR."""
     import json
 
-    from .evaluation.run import evaluate
+    from .evaluation.ppl import DATASETS
+    from .evaluation.run import evaluate, parse_list
+    from .evaluation.zeroshot import PAPER_TASKS
     from .io import write_json
 
-    record = evaluate(model, ppl, tasks, seq_len, ppl_windows, limit, device, precision, batch_size)
+    record = evaluate(model, parse_list(ppl, DATASETS, "--ppl"), parse_list(tasks, PAPER_TASKS, "--tasks"), data_root,
+                      seq_len, ppl_windows, limit, device, precision, batch_size)
     if json_out:
         write_json(json_out, record)
     typer.echo(json.dumps(record, indent=2))

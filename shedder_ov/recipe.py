@@ -4,7 +4,7 @@ typo or an impossible value fails before any work starts, naming the offending f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -90,7 +90,10 @@ class SearchSpec(Strict):
         return list(dict.fromkeys(value))
 
 
-DEFAULT_HELD_OUT = Path("../shared/data/tinystories/eval.txt")
+DEFAULT_DATA_ROOT = Path("../shared/data")
+DEFAULT_HELD_OUT = DEFAULT_DATA_ROOT / "tinystories" / "eval.txt"
+PplDataset = Literal["tinystories", "wikitext2", "alpaca"]
+ZeroShotTask = Literal["lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa"]
 
 
 class LoraSpec(Strict):
@@ -145,14 +148,32 @@ class ExportSpec(Strict):
     int4_mode: Literal["int4_sym", "int4_asym"] = "int4_asym"
     group_size: int | None = Field(None, description="int4 group size (default: NNCF's 128, narrower where needed)")
     ratio: float | None = Field(None, gt=0, le=1, description="share of int4 MatMuls in the int4 variant")
-    eval_data: DataSpec | None = Field(None, description="held-out text for PPL (default: shared TinyStories eval.txt)")
-    eval_windows: int = Field(16, gt=0)
-    eval_seq_len: int = Field(256, gt=1)
 
     @field_validator("variants")
     @classmethod
     def _unique_variants(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+
+
+class BenchSpec(Strict):
+    """The OpenVINO speed run of prune-and-export: short by default (`shedder-ov bench` for the full one)."""
+
+    lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1, description="prefill prompt lengths")
+    new_tokens: int = Field(32, gt=0, description="batch-1 decode steps after the first prompt")
+    repeats: int = Field(2, gt=0)
+    threads: int = Field(2, gt=0)
+
+
+class EvalSpec(Strict):
+    """What prune-and-export measures on every variant × precision for the report."""
+
+    data_root: Path = Field(DEFAULT_DATA_ROOT, description="holds tinystories/eval.txt, wikitext2/, alpaca/ and eval/ (zero-shot)")
+    datasets: list[PplDataset] = Field(default_factory=lambda: ["tinystories", "wikitext2"], description="held-out PPL text")
+    seq_len: int = Field(256, gt=1, description="PPL window length")
+    windows: int | None = Field(16, gt=0, description="first N PPL windows per dataset (null: all)")
+    tasks: list[ZeroShotTask] = Field(default_factory=lambda: list(get_args(ZeroShotTask)), description="zero-shot tasks")
+    limit: int | None = Field(50, gt=0, description="first N items per zero-shot task (null: all)")
+    bench: BenchSpec | None = Field(default_factory=BenchSpec, description="null: no speed run")
 
 
 class Recipe(Strict):
@@ -162,6 +183,7 @@ class Recipe(Strict):
     search: SearchSpec
     recovery: RecoverySpec | None = None
     export: ExportSpec | None = None
+    eval: EvalSpec | None = None
     output: Path
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

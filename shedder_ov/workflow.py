@@ -1,131 +1,136 @@
-"""`prune-and-export`: prune → [recover] → export → compress → summary → [report].
+"""`prune-and-export`: prune → [recover] → export + compress every variant → eval → bench →
+summary.json → report.
 
-Writes OUTPUT/ov/<variant>/ (each an optimum-intel-loadable IR folder) and OUTPUT/summary.json.
-Every stage writes its folder atomically and is skipped when already there; --force redoes."""
+Variants are the recipe's model (`original`, IRs in ov-original/), the pruned checkpoint (`ov/`)
+and, when the recipe has `recovery:`, the recovered one (`ov-recovered/`); each gets one IR
+folder per precision. Every stage writes its output atomically and is skipped when it is already
+there, so a killed run resumes; --force redoes them all."""
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
-from .adapters import adapter_for
-from .checkpoints import load_checkpoint, load_tokenizer
-from .data import load_windows
+from .bench import run_bench
+from .evaluation.run import evaluate
+from .evaluation.runtime import open_model
+from .export.compress import REPORT_FILE as COMPRESS_REPORT
 from .export.compress import CompressOptions, compress_ir
 from .export.exporter import REPORT_FILE as EXPORT_REPORT
 from .export.exporter import export_checkpoint
-from .export.parity import NEW_TOKENS, prompts, torch_greedy
-from .export.runtime import F32, StatefulIR
+from .export.parity import prompts
 from .io import read_json, write_json
-from .recipe import DataSpec, ExportSpec, Recipe
+from .recipe import EvalSpec, ExportSpec, Recipe
+from .report import IR_DIRS, PRECISIONS, write_report
 
 console = Console(stderr=True)
-EVAL_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories" / "eval.txt"
+OUTPUTS = (*IR_DIRS.values(), "eval", "bench.json", "summary.json", "report.md", "report.json", "search_path.png", "pareto.png")
 
 
-def perplexity(logits_fn, windows: torch.Tensor) -> float:
-    """Token-level PPL over windows, each scored from zero state."""
-    nll, count = 0.0, 0
-    for window in windows:
-        logits = torch.as_tensor(logits_fn(window[None]))[0, :-1].float()
-        nll += float(F.cross_entropy(logits, window[1:], reduction="sum"))
-        count += window.numel() - 1
-    return math.exp(nll / count)
-
-
-def ir_figures(ir_dir: Path, adapter, tokenizer, windows: torch.Tensor) -> dict:
-    """PPL (f32 hint), logits diff and greedy agreement vs torch, decode tok/s (plugin defaults)."""
-    reference = StatefulIR(ir_dir, F32)
-
-    def ir_logits(ids):
-        reference.reset()
-        return reference(ids.numpy())
-
-    short, _ = prompts(tokenizer, adapter.model.config.vocab_size)
-    with torch.no_grad():
-        diff = float(np.abs(ir_logits(torch.from_numpy(short)[None]) - adapter.logits(torch.from_numpy(short)[None]).numpy()).max())
-    tokens, _ = reference.greedy(short, NEW_TOKENS)
-    _, tok_s = StatefulIR(ir_dir).greedy(short, 64)
-    return {
-        "ir_bytes": (ir_dir / "openvino_model.bin").stat().st_size,
-        "ppl": perplexity(ir_logits, windows),
-        "parity_max_abs_diff": diff,
-        "greedy_equal_torch": tokens == torch_greedy(adapter, short, NEW_TOKENS),
-        "decode_tok_s": round(tok_s, 1),
-    }
-
-
-def _variant_options(spec: ExportSpec, variant: str) -> CompressOptions:
-    if variant == "int8":
+def _compress_options(spec: ExportSpec, precision: str) -> CompressOptions:
+    if precision == "int8":
         return CompressOptions(mode=spec.int8_mode)
     return CompressOptions(mode=spec.int4_mode, group_size=spec.group_size, ratio=spec.ratio)
+
+
+def export_variant(source: Path, root: Path, spec: ExportSpec) -> dict[str, Path]:
+    """fp32 IR (always: the others are compressed from it) + the recipe's compressed precisions."""
+    irs = {"fp32": root / "fp32"}
+    if not (irs["fp32"] / EXPORT_REPORT).is_file():
+        console.print(f"export: {source} → {irs['fp32']}")
+        export_checkpoint(source, irs["fp32"], strict=spec.strict)
+    for precision in spec.variants:
+        if precision != "fp32":
+            irs[precision] = root / precision
+            if not (irs[precision] / COMPRESS_REPORT).is_file():
+                console.print(f"compress: {irs[precision]}")
+                compress_ir(irs["fp32"], irs[precision], _compress_options(spec, precision))
+    return {p: irs[p] for p in PRECISIONS if p in spec.variants}
+
+
+def evaluate_to(target: Path, model: Path, spec: EvalSpec, zeroshot: bool = True) -> dict:
+    """One eval record (PPL on the recipe's held-out text, zero-shot tasks), cached at `target`."""
+    if not target.is_file():
+        console.print(f"eval: {model} → {target}")
+        record = evaluate(model, spec.datasets, spec.tasks if zeroshot else [], spec.data_root, spec.seq_len,
+                          spec.windows, spec.limit)
+        write_json(target, record)
+    return read_json(target)
+
+
+def max_logits_diff(ir: Path, reference, ids: torch.Tensor) -> float:
+    """Prefill logits of an IR vs its torch checkpoint, both through evaluation.runtime."""
+    return float((open_model(ir).logits(ids) - reference.logits(ids)).abs().max())
+
+
+def summarize(out: Path, source: Path, result: dict, irs: dict[str, Path], spec: EvalSpec) -> dict:
+    """summary.json: the pruned IRs' size, held-out PPL and logits diff vs torch."""
+    torch_record = evaluate_to(out / "eval" / "pruned-torch.json", source, spec, zeroshot=False)
+    reference = open_model(source)
+    short, _ = prompts(reference.tokenizer, len(reference.tokenizer))
+    ids = torch.from_numpy(short)[None]
+    first = spec.datasets[0] if spec.datasets else None
+    variants = {}
+    for precision, ir in irs.items():
+        record = read_json(out / "eval" / f"pruned-{precision}.json")
+        variants[precision] = {
+            "ir_bytes": (ir / "openvino_model.bin").stat().st_size,
+            "ppl": record["ppl"][first]["ppl"] if first else None,
+            "parity_max_abs_diff": max_logits_diff(ir, reference, ids),
+        }
+    timings = {"export_seconds": read_json(irs["fp32"] / EXPORT_REPORT)["export_seconds"]} if "fp32" in irs else {}
+    timings |= {f"compress_seconds_{p}": read_json(ir / COMPRESS_REPORT)["compress_seconds"] for p, ir in irs.items() if p != "fp32"}
+    return {
+        "source_checkpoint": str(source),
+        "removed": [row["candidate"] for row in result["removed"]],
+        "params": result["params"],
+        "eval": {"data_root": str(spec.data_root), "datasets": spec.datasets, "seq_len": spec.seq_len,
+                 "windows": spec.windows, "ppl_torch": {k: v["ppl"] for k, v in torch_record.get("ppl", {}).items()}},
+        "timings": timings,
+        "variants": variants,
+    }
 
 
 def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
     from .pipeline import run_prune
 
     out = recipe.output
-    spec = recipe.export or ExportSpec()
+    spec, evaluation = recipe.export or ExportSpec(), recipe.eval or EvalSpec()
     result = run_prune(recipe, force=force)
-    source = out / "pruned"
-    if getattr(recipe, "recovery", None):
+    if force:
+        for name in OUTPUTS:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    sources = {"original": recipe.model, "pruned": out / "pruned"}
+    if recipe.recovery:
         from .recovery import run_recovery
 
         run_recovery(recipe, force=force)
-        source = out / "recovered"
+        sources["recovered"] = out / "recovered"
 
-    ov_root, summary_path = out / "ov", out / "summary.json"
-    if force:
-        shutil.rmtree(ov_root, ignore_errors=True)
-        summary_path.unlink(missing_ok=True)
-    fp32 = ov_root / "fp32"
-    if not (fp32 / EXPORT_REPORT).is_file():
-        console.print(f"export: {source} → {fp32}")
-        export_checkpoint(source, fp32, strict=spec.strict)
-    timings = {"export_seconds": read_json(fp32 / EXPORT_REPORT)["export_seconds"]}
-    for variant in spec.variants:
-        if variant != "fp32" and not (ov_root / variant / "shedder_compress.json").is_file():
-            console.print(f"compress: {variant}")
-            compress_ir(fp32, ov_root / variant, _variant_options(spec, variant))
-        if variant != "fp32":
-            timings[f"compress_seconds_{variant}"] = read_json(ov_root / variant / "shedder_compress.json")["compress_seconds"]
+    irs = {variant: export_variant(source, out / IR_DIRS[variant], spec) for variant, source in sources.items()}
+    for variant, by_precision in irs.items():
+        for precision, ir in by_precision.items():
+            evaluate_to(out / "eval" / f"{variant}-{precision}.json", ir, evaluation)
 
-    if summary_path.is_file() and set(read_json(summary_path)["variants"]) == set(spec.variants):
-        console.print(f"prune-and-export: already done ({summary_path}); --force redoes it")
-        return read_json(summary_path)
+    if evaluation.bench and not (out / "bench.json").is_file():
+        bench = evaluation.bench
+        rows = [(f"{v} {p}", ir) for v, by_precision in irs.items() for p, ir in by_precision.items()]
+        console.print(f"bench: {len(rows)} IRs, prefill {bench.lengths}, {bench.new_tokens} new tokens")
+        write_json(out / "bench.json", run_bench(
+            [ir for _, ir in rows], [label for label, _ in rows], bench.threads,
+            prompt_lengths=tuple(bench.lengths), new_tokens=bench.new_tokens, repeats=bench.repeats))
 
-    model = load_checkpoint(source, "float32", "cpu")
-    tokenizer = load_tokenizer(source)
-    adapter = adapter_for(model, str(source))
-    eval_spec = spec.eval_data or DataSpec(path=EVAL_TEXT)
-    windows = load_windows(eval_spec, tokenizer, recipe.seed, num_samples=None, seq_len=spec.eval_seq_len)[: spec.eval_windows]
-    with torch.no_grad():
-        ppl_torch = perplexity(adapter.logits, windows)
-    variants = {}
-    for variant in spec.variants:
-        console.print(f"evaluate: {variant}")
-        variants[variant] = ir_figures(ov_root / ("fp32" if variant == "fp32" else variant), adapter, tokenizer, windows)
-    summary = {
-        "source_checkpoint": str(source),
-        "removed": [row["candidate"] for row in result["removed"]],
-        "params": result["params"],
-        "eval": {"data": str(eval_spec.path), "windows": int(windows.shape[0]), "seq_len": spec.eval_seq_len, "ppl_torch": ppl_torch},
-        "parity_fp32": read_json(fp32 / EXPORT_REPORT)["parity"],
-        "timings": timings,
-        "variants": variants,
-    }
-    write_json(summary_path, summary)
-    if importlib.util.find_spec("shedder_ov.report") is not None:
-        from .report import write_report
-
-        write_report(out)
-    for name, row in variants.items():
-        console.print(f"{name}: {row['ir_bytes'] / 1e6:.1f} MB  PPL {row['ppl']:.3f} (torch {ppl_torch:.3f})  {row['decode_tok_s']} tok/s")
+    summary_path = out / "summary.json"
+    if not (summary_path.is_file() and set(read_json(summary_path)["variants"]) == set(irs["pruned"])):
+        write_json(summary_path, summarize(out, sources["pruned"], result, irs["pruned"], evaluation))
+    summary = read_json(summary_path)
+    report = write_report(out)
+    for name, row in summary["variants"].items():
+        ppl = "–" if row["ppl"] is None else f"{row['ppl']:.3f}"
+        console.print(f"pruned {name}: {row['ir_bytes'] / 1e6:.1f} MB  PPL {ppl}  max |Δlogits| {row['parity_max_abs_diff']:.1e}")
+    console.print(f"report: {report}")
     return summary

@@ -13,6 +13,8 @@ from shedder_ov.evaluation.zeroshot import evaluate_zeroshot, task_config
 
 from .conftest import SHARED, tiny_model
 
+DATA = SHARED / "data"
+
 
 @pytest.fixture(scope="module")
 def checkpoint_and_ir(tmp_path_factory, tokenizer):
@@ -29,14 +31,14 @@ def checkpoint_and_ir(tmp_path_factory, tokenizer):
 
 def test_ppl_torch_and_openvino_agree(checkpoint_and_ir):
     checkpoint, ir = checkpoint_and_ir
-    torch_ppl = evaluate_ppl(open_model(checkpoint), ["tinystories"], seq_len=32, limit=3)["tinystories"]
-    ov_ppl = evaluate_ppl(open_model(ir), ["tinystories"], seq_len=32, limit=3)["tinystories"]
+    torch_ppl = evaluate_ppl(open_model(checkpoint), ["tinystories"], DATA, seq_len=32, limit=3)["tinystories"]
+    ov_ppl = evaluate_ppl(open_model(ir), ["tinystories"], DATA, seq_len=32, limit=3)["tinystories"]
     assert torch_ppl["tokens"] == ov_ppl["tokens"] == 3 * 31
     assert ov_ppl["ppl"] == pytest.approx(torch_ppl["ppl"], rel=1e-4)
 
 
 def test_zeroshot_scores_a_few_items(checkpoint_and_ir):
-    result = evaluate_zeroshot(open_model(checkpoint_and_ir[1]), ["piqa", "hellaswag"], limit=4)
+    result = evaluate_zeroshot(open_model(checkpoint_and_ir[1]), ["piqa", "hellaswag"], DATA / "eval", limit=4)
     piqa = result["tasks"]["piqa"]
     assert piqa["n"] == 4 and piqa["metric"] == "acc_norm" and 0.0 <= piqa["value"] <= 1.0
     assert "not available locally" in result["tasks"]["hellaswag"]["skipped"]
@@ -46,7 +48,7 @@ def test_zeroshot_scores_a_few_items(checkpoint_and_ir):
 def test_missing_task_data_is_one_clear_error(tmp_path):
     with pytest.raises(ShedderError, match="data file .* not found"):
         task_config("piqa", data_dir=tmp_path)
-    assert task_config("arc_challenge", SHARED / "data" / "eval")["task"] == "arc_challenge"
+    assert task_config("arc_challenge", DATA / "eval")["task"] == "arc_challenge"
 
 
 def test_bad_inputs(tmp_path, checkpoint_and_ir):
@@ -54,6 +56,8 @@ def test_bad_inputs(tmp_path, checkpoint_and_ir):
 
     with pytest.raises(ShedderError, match="neither a checkpoint"):
         open_model(tmp_path)
+    with pytest.raises(ShedderError, match="held-out text for wikitext2 not found .*data_root"):
+        evaluate_ppl(open_model(checkpoint_and_ir[1]), ["wikitext2"], tmp_path)
     with pytest.raises(ShedderError, match="above the model's limit"):
         bench_ir(str(checkpoint_and_ir[1]), prompt_lengths=(100_000,))
 

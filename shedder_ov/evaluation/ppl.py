@@ -7,29 +7,32 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 
 from ..data import read_documents, token_stream, windows
+from ..errors import ShedderError
+from ..recipe import PplDataset
 from .runtime import LogitsModel
 
-DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DATASETS = {  # name -> (path under the data root, data.py format)
+FILES = {  # name -> (path under the data root, data.py format)
     "wikitext2": ("wikitext2/wiki.test.raw", "text"),
     "tinystories": ("tinystories/eval.txt", "text"),
     "alpaca": ("alpaca/alpaca_data_1k.json", "alpaca"),
 }
+DATASETS = get_args(PplDataset)
 
 
-def eval_windows(name: str, tokenizer, seq_len: int, limit: int | None, data_root: Path = DATA_ROOT) -> torch.Tensor:
-    """The first `limit` (all if None) windows of a named dataset."""
-    from ..errors import ShedderError
-
+def eval_windows(name: str, tokenizer, seq_len: int, limit: int | None, data_root: Path) -> torch.Tensor:
+    """The first `limit` (all if None) windows of a named dataset under `data_root`."""
     if name not in DATASETS:
         raise ShedderError(f"dataset: unknown {name!r} (allowed: {', '.join(DATASETS)})")
-    relative, fmt = DATASETS[name]
+    relative, fmt = FILES[name]
     path = Path(data_root) / relative
+    if not path.is_file():
+        raise ShedderError(f"{path}: held-out text for {name} not found (set eval.data_root in the recipe, or --data-root)")
     stream = token_stream(read_documents(path, fmt), tokenizer)
     return windows(stream, seq_len, None, 0, str(path))[:limit]
 
@@ -47,8 +50,8 @@ def perplexity(model: LogitsModel, batches: torch.Tensor, batch_size: int = 4) -
 
 
 def evaluate_ppl(
-    model: LogitsModel, datasets: list[str], seq_len: int = 512, limit: int | None = None, batch_size: int = 4,
-    data_root: Path = DATA_ROOT,
+    model: LogitsModel, datasets: list[str], data_root: Path, seq_len: int = 512, limit: int | None = None,
+    batch_size: int = 4,
 ) -> dict:
     return {
         name: {**perplexity(model, eval_windows(name, model.tokenizer, seq_len, limit, data_root), batch_size), "seq_len": seq_len}

@@ -1,13 +1,14 @@
-"""`shedder-ov eval`: PPL and zero-shot accuracy of one model variant, as one JSON record."""
+"""`shedder-ov eval` and prune-and-export's eval stage: PPL and zero-shot accuracy of one model
+variant (torch checkpoint or IR) as one JSON record."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import ShedderError
-from .ppl import DATASETS, evaluate_ppl
+from .ppl import evaluate_ppl
 from .runtime import open_model
-from .zeroshot import PAPER_TASKS, evaluate_zeroshot
+from .zeroshot import evaluate_zeroshot
 
 
 def parse_list(value: str, allowed, what: str) -> list[str]:
@@ -19,17 +20,15 @@ def parse_list(value: str, allowed, what: str) -> list[str]:
 
 
 def evaluate(
-    model_path: Path, ppl: str = ",".join(DATASETS), tasks: str = ",".join(PAPER_TASKS), seq_len: int = 512,
+    model_path: Path, datasets: list[str], tasks: list[str], data_root: Path, seq_len: int = 512,
     ppl_windows: int | None = None, limit: int | None = None, device: str = "CPU", precision: str = "f32",
     batch_size: int = 4,
 ) -> dict:
-    datasets = parse_list(ppl, DATASETS, "--ppl")
-    task_names = parse_list(tasks, PAPER_TASKS, "--tasks")
     model = open_model(model_path, device, precision)
     record = {"model": str(model_path), "kind": model.kind, "device": device, "precision": precision,
               "num_params": model.num_params}
     if datasets:
-        record["ppl"] = evaluate_ppl(model, datasets, seq_len, ppl_windows, batch_size)
-    if task_names:
-        record["zeroshot"] = evaluate_zeroshot(model, task_names, limit, batch_size)
+        record["ppl"] = evaluate_ppl(model, datasets, data_root, seq_len, ppl_windows, batch_size)
+    if tasks:
+        record["zeroshot"] = evaluate_zeroshot(model, tasks, Path(data_root) / "eval", limit, batch_size)
     return record

@@ -1,24 +1,24 @@
 """Zero-shot accuracy through lm-evaluation-harness, offline, on the local task files.
 
 Task definitions are lm-eval YAMLs shipped in tasks/ (prompts as in lm-eval's own tasks),
-pointed at /work/shared/data/eval; the model is our LM wrapper over the same "logits for a
+pointed at the data root's eval/ folder; the model is our LM wrapper over the same "logits for a
 batch of windows" interface as PPL, so torch checkpoints and IRs are scored identically."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ShedderError
-from .ppl import DATA_ROOT
+from ..recipe import ZeroShotTask
 from .runtime import LogitsModel
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-EVAL_DATA = DATA_ROOT / "eval"
-PAPER_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa")
+PAPER_TASKS = get_args(ZeroShotTask)
 UNAVAILABLE = {"hellaswag": "HellaSwag validation data is not available locally (see shared/data/README.md, Missing)"}
 # The Mamba-Shedder reference eval.py reports acc for arc_easy and acc_norm wherever a task has it.
 PAPER_METRIC = {task: "acc_norm" for task in ("hellaswag", "piqa", "arc_challenge", "openbookqa")}
@@ -28,7 +28,7 @@ def paper_metric(task: str) -> str:
     return PAPER_METRIC.get(task, "acc")
 
 
-def task_config(task: str, data_dir: Path = EVAL_DATA) -> dict:
+def task_config(task: str, data_dir: Path) -> dict:
     """The task's YAML with its data files resolved under `data_dir` (missing file → ShedderError)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -42,7 +42,7 @@ def task_config(task: str, data_dir: Path = EVAL_DATA) -> dict:
     labels = config.pop("labels_file", None)
     for file in [*files.values(), *([Path(data_dir) / labels] if labels else [])]:
         if not file.is_file():
-            raise ShedderError(f"task {task}: data file {file} not found")
+            raise ShedderError(f"task {task}: data file {file} not found (set eval.data_root in the recipe, or --data-root)")
     config["dataset_kwargs"] = {"data_files": {split: str(f) for split, f in files.items()}}
     if labels:
         values = [int(line) for line in (Path(data_dir) / labels).read_text().split()]
@@ -102,7 +102,7 @@ def make_lm(model: LogitsModel, batch_size: int = 8, max_length: int = 2048):
 
 
 def evaluate_zeroshot(
-    model: LogitsModel, tasks: list[str], limit: int | None = None, batch_size: int = 8, data_dir: Path = EVAL_DATA
+    model: LogitsModel, tasks: list[str], data_dir: Path, limit: int | None = None, batch_size: int = 8
 ) -> dict:
     """{task: {acc, acc_norm, metric, value, n} | {skipped}} and the average of the paper metrics."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
