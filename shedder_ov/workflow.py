@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 
 from .bench import run_bench
+from .errors import ShedderError
 from .evaluation.run import evaluate
 from .evaluation.runtime import open_model
 from .export.compress import REPORT_FILE as COMPRESS_REPORT
@@ -61,6 +62,20 @@ def evaluate_to(target: Path, model: Path, spec: EvalSpec, zeroshot: bool = True
     return read_json(target)
 
 
+def check_eval_data(spec: EvalSpec) -> None:
+    """Fail before any work when held-out text or a zero-shot task's files are missing."""
+    from .evaluation.ppl import FILES
+    from .evaluation.zeroshot import UNAVAILABLE, task_config
+
+    for name in spec.datasets:
+        path = spec.data_root / FILES[name][0]
+        if not path.is_file():
+            raise ShedderError(f"eval.data_root: {path} (held-out text for {name}) not found")
+    for task in spec.tasks:
+        if task not in UNAVAILABLE:
+            task_config(task, spec.data_root / "eval")
+
+
 def max_logits_diff(ir: Path, reference, ids: torch.Tensor) -> float:
     """Prefill logits of an IR vs its torch checkpoint, both through evaluation.runtime."""
     return float((open_model(ir).logits(ids) - reference.logits(ids)).abs().max())
@@ -99,6 +114,7 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
 
     out = recipe.output
     spec, evaluation = recipe.export or ExportSpec(), recipe.eval or EvalSpec()
+    check_eval_data(evaluation)
     result = run_prune(recipe, force=force)
     if force:
         for name in OUTPUTS:
