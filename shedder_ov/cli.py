@@ -35,6 +35,7 @@ def _commands() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "fast path is not available" notice is ours to give
+    hf_logging.disable_progress_bar()  # weight loading is quick; our own bars show the long work
 
 
 RecipeArg = typer.Argument(..., help="recipe YAML", show_default=False)

@@ -124,9 +124,20 @@ def summary_table(result: dict) -> Table:
     return table
 
 
+def check_inputs(recipe: Recipe) -> None:
+    """Fail on a missing input before loading anything, naming the recipe field."""
+    needed = {"model": recipe.model, "tokenizer": recipe.tokenizer, "search.apply": recipe.search.apply}
+    if recipe.search.stop is not None:
+        needed["calibration.path"] = recipe.calibration.path
+    for field, path in needed.items():
+        if path is not None and not path.exists():
+            raise ShedderError(f"{field}: {path} not found")
+
+
 def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict:
     out = recipe.output
     result_path, pruned_dir = out / "search" / "result.json", out / "pruned"
+    check_inputs(recipe)
     _check_output(recipe, force, resume)
     if result_path.exists() and (pruned_dir / "config.json").exists() and read_json(result_path).get("fingerprint") == fingerprint(recipe):
         result = read_json(result_path)
@@ -136,12 +147,12 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
 
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
-    model = load_checkpoint(recipe.model, recipe.dtype, str(device))
     tokenizer = load_tokenizer(recipe.model, recipe.tokenizer)
+    if recipe.search.apply is None:  # data problems surface before the model is loaded
+        windows = load_windows(recipe.calibration, tokenizer, recipe.seed)
+    model = load_checkpoint(recipe.model, recipe.dtype, str(device))
     adapter = adapter_for(model, str(recipe.model))
     original_params = adapter.num_params()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
     if recipe.search.apply is not None:
         removed = _removal_from_list(recipe, adapter)
@@ -151,14 +162,11 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         ]
         ppl_original, search_info = None, {"method": "apply", "source": str(recipe.search.apply)}
     else:
-        windows = load_windows(recipe.calibration, tokenizer, recipe.seed)
         candidates = adapter.candidates(recipe.search.targets)
         scorer = PerplexityScorer(
             adapter, windows, recipe.calibration.batch_size, device, reuse_prefix=recipe.search.method != "naive"
         )
         log = SearchLog(out / "search" / "log.jsonl")
-        if log.header() is None:
-            log.append({"type": "run", "fingerprint": fingerprint(recipe), "candidates": [c.name for c in candidates]})
         search = GreedySearch(
             adapter,
             scorer,
@@ -169,6 +177,8 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
             halving_keep=recipe.search.halving_keep,
             seed=recipe.seed,
         )
+        if log.header() is None:  # only once the stop rule is known to be feasible
+            log.append({"type": "run", "fingerprint": fingerprint(recipe), "candidates": [c.name for c in candidates]})
         found = search.run()
         removed, rows, ppl_original = found.candidates, found.removed, found.ppl_original
         search_info = {
@@ -196,6 +206,7 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         "search": search_info,
         "fingerprint": fingerprint(recipe),
     }
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     write_json(result_path, result)
     console.print(summary_table(result))
     console.print(f"pruned checkpoint: {pruned_dir}")

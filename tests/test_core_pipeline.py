@@ -225,8 +225,8 @@ def test_bad_recipes(tmp_path, tiny_checkpoint):
     stop = {"targets": ["mamba_block"], "stop": {"num_components": 1}}
     _bad(tmp_path, "calibraton: unknown key (allowed: model, tokenizer, calibration", **base, search=stop, calibraton={})
     _bad(tmp_path, "search.targets.0", **{**base, "search": {"targets": ["heads"], "stop": {"num_components": 1}}})
-    _bad(tmp_path, "model folder not found", **{**base, "model": str(tmp_path / "nope")}, search=stop)
-    _bad(tmp_path, "data file not found", **{**base, "calibration": {"path": str(tmp_path / "x.txt")}}, search=stop)
+    _bad(tmp_path, f"model: {tmp_path / 'nope'} not found", **{**base, "model": str(tmp_path / "nope")}, search=stop)
+    _bad(tmp_path, "calibration.path: ", **{**base, "calibration": {"path": str(tmp_path / "x.txt")}}, search=stop)
     _bad(tmp_path, "text too short", **{**base, "calibration": {"path": text, "num_samples": 10**6, "seq_len": 512}}, search=stop)
     _bad(tmp_path, "at most 3 of the 4", **base, search={"targets": ["mamba_block"], "stop": {"num_components": 9}})
     _bad(tmp_path, "is impossible", **base, search={"targets": ["ssm"], "stop": {"param_reduction_pct": 90}})

@@ -86,11 +86,17 @@ class GreedySearch:
                 )
 
     def _remaining(self, removed: list[Candidate]) -> list[Candidate]:
+        """Candidates still present; the last block of the model is never a candidate."""
         gone_blocks = {c.layer for c in removed if c.kind == "mamba_block"}
-        return [c for c in self.candidates if c not in removed and c.layer not in gone_blocks]
+        last_block = len(gone_blocks) == self.adapter.num_layers - 1
+        return [
+            c
+            for c in self.candidates
+            if c not in removed and c.layer not in gone_blocks and not (last_block and c.kind == "mamba_block")
+        ]
 
     def _done(self, removed: list[Candidate], remaining: list[Candidate]) -> str:
-        if len(removed) >= max_steps(self.adapter, self.candidates) or not remaining:
+        if not remaining:
             return "no candidates left"
         if self.stop.num_components is not None and len(removed) >= self.stop.num_components:
             return f"{self.stop.num_components} components removed"
