@@ -11,6 +11,7 @@ from typing import Callable
 import typer
 
 from .errors import ShedderError
+from .io import exclusive
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mamba-Shedder pruning → OpenVINO → NNCF.")
 
@@ -52,7 +53,9 @@ def prune(
     from .pipeline import run_prune
     from .recipe import load_recipe
 
-    run_prune(load_recipe(recipe), force=force, resume=resume)
+    spec = load_recipe(recipe)
+    with exclusive(spec.output):
+        run_prune(spec, force=force, resume=resume)
 
 
 @app.command()
@@ -65,7 +68,9 @@ def recover(
     from .recipe import load_recipe
     from .recovery import run_recovery
 
-    run_recovery(load_recipe(recipe), force=force)
+    spec = load_recipe(recipe)
+    with exclusive(spec.output):
+        run_recovery(spec, force=force)
 
 
 @app.command("bench-search")
@@ -210,7 +215,9 @@ def prune_and_export(
     from .recipe import load_recipe
     from .workflow import run_prune_and_export
 
-    run_prune_and_export(load_recipe(recipe), force=force)
+    spec = load_recipe(recipe)
+    with exclusive(spec.output):
+        run_prune_and_export(spec, force=force)
 
 
 def main() -> None:  # pragma: no cover

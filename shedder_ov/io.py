@@ -52,3 +52,20 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+@contextmanager
+def exclusive(folder: str | Path) -> Iterator[None]:
+    """Hold a lock on `folder` so that two runs never write the same output at once."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from .errors import ShedderError
+
+            raise ShedderError(f"output: another shedder-ov process is working in {folder}") from None
+        yield

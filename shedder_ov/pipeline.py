@@ -66,7 +66,7 @@ def _check_output(recipe: Recipe, force: bool, resume: bool) -> None:
     elif log_path.exists():
         header = SearchLog(log_path).header()
         previous = header.get("fingerprint") if header else None
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         if not (out / "search").exists():
             raise ShedderError(f"output: {out} holds files that are not a shedder-ov run (choose another dir or --force)")
         return

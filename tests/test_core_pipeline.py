@@ -268,3 +268,13 @@ def test_cli_entry_point_reports_bad_input_in_one_line(tmp_path):
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'missing.yaml'}: recipe file not found"
+
+
+def test_two_runs_never_share_an_output_dir(tmp_path, tiny_checkpoint):
+    from shedder_ov.io import exclusive
+
+    recipe = small_recipe(tmp_path, tiny_checkpoint("mamba"), stop={"num_components": 1}, targets=["ssm"])
+    with exclusive(tmp_path / "out"):
+        result = prune(recipe)
+    assert result.exit_code == 2 and "another shedder-ov process is working in" in result.output
+    assert prune(recipe).exit_code == 0
