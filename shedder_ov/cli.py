@@ -39,6 +39,15 @@ def _commands() -> None:
     hf_logging.disable_progress_bar()  # weight loading is quick; our own bars show the long work
 
 
+def run_locked(stage: Callable, recipe: Path, **options) -> None:
+    """Run a recipe-driven stage while holding the lock on its output dir."""
+    from .recipe import load_recipe
+
+    spec = load_recipe(recipe)
+    with exclusive(spec.output):
+        stage(spec, **options)
+
+
 RecipeArg = typer.Argument(..., help="recipe YAML", show_default=False)
 
 
@@ -51,11 +60,8 @@ def prune(
 ) -> None:
     """Search (or apply a removal list) and write the physically pruned checkpoint."""
     from .pipeline import run_prune
-    from .recipe import load_recipe
 
-    spec = load_recipe(recipe)
-    with exclusive(spec.output):
-        run_prune(spec, force=force, resume=resume)
+    run_locked(run_prune, recipe, force=force, resume=resume)
 
 
 @app.command()
@@ -65,12 +71,9 @@ def recover(
     force: bool = typer.Option(False, "--force", help="discard a finished or half-done recovery in the output dir"),
 ) -> None:
     """Recovery-tune OUTPUT/pruned/ (LoRA, merged, or full fine-tuning) into OUTPUT/recovered/."""
-    from .recipe import load_recipe
     from .recovery import run_recovery
 
-    spec = load_recipe(recipe)
-    with exclusive(spec.output):
-        run_recovery(spec, force=force)
+    run_locked(run_recovery, recipe, force=force)
 
 
 @app.command("bench-search")
@@ -212,12 +215,9 @@ def prune_and_export(
     force: bool = typer.Option(False, "--force", help="redo every stage"),
 ) -> None:
     """prune → [recover] → export → compress (recipe `export:` variants) → OUTPUT/summary.json."""
-    from .recipe import load_recipe
     from .workflow import run_prune_and_export
 
-    spec = load_recipe(recipe)
-    with exclusive(spec.output):
-        run_prune_and_export(spec, force=force)
+    run_locked(run_prune_and_export, recipe, force=force)
 
 
 def main() -> None:  # pragma: no cover

@@ -20,7 +20,7 @@ from shedder_ov.checkpoints import load_checkpoint, read_removal_list
 from shedder_ov.cli import app
 from shedder_ov.data import read_documents
 
-from .conftest import MODELS, REPO, SHARED, TRAIN_TEXT, require, tiny_model
+from .conftest import MODELS, REPO, SHARED, TRAIN_TEXT, require
 
 runner = CliRunner()
 
