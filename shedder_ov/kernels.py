@@ -1,5 +1,5 @@
-"""Sequence kernels for the mixers: mamba-ssm / causal-conv1d on CUDA when installed, else the
-pure-torch ops. Resolved once per device type; the adapters call through `kernels_for` only.
+"""Sequence and norm kernels for the blocks: mamba-ssm / causal-conv1d on CUDA when installed,
+else the pure-torch ops. Resolved once per device type; the adapters call through `kernels_for`.
 
 All three take and return the layouts of the pure-torch ops (dt / delta already softplus'ed),
 so the fallback and the kernels are interchangeable inside one forward. SHEDDER_KERNELS=torch
@@ -39,19 +39,31 @@ def _torch_conv(x, weight, bias):
     return F.silu(F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., : x.shape[-1]])
 
 
+def _torch_rms_norm(norm, x):
+    return norm(x)
+
+
+def _torch_gated_norm(norm, y, z):
+    return norm(y, z)
+
+
 @dataclass(frozen=True)
 class Kernels:
     """ssd: x [b,l,h,p], dt [b,l,h], A [h], B/C [b,l,g,n], chunk, D [h] → y [b,l,h,p] (with D skip).
     selective_scan: u/delta [b,d,l], A [d,n], B/C [b,l,n], D [d] → y [b,d,l].
-    conv: x [b,d,l], weight [d,1,k], bias [d] → silu(causal conv) [b,d,l]."""
+    conv: x [b,d,l], weight [d,1,k], bias [d] → silu(causal conv) [b,d,l].
+    rms_norm: (an RMSNorm module, x) → its output; gated_norm: (a gated RMSNorm module, y, z) →
+    rmsnorm(y · silu(z)), as transformers' MambaRMSNormGated computes it."""
 
     ssd: Callable
     selective_scan: Callable
     conv: Callable
-    names: tuple[str, str, str] = ("torch", "torch", "torch")
+    rms_norm: Callable
+    gated_norm: Callable
+    names: tuple[str, ...] = ("torch",) * 5
 
 
-TORCH = Kernels(_torch_ssd, _torch_selective_scan, _torch_conv)
+TORCH = Kernels(_torch_ssd, _torch_selective_scan, _torch_conv, _torch_rms_norm, _torch_gated_norm)
 
 
 def _import_past_package_init(module: str):
@@ -98,6 +110,24 @@ def _causal_conv1d():
     return fused
 
 
+def _mamba_ssm_rms_norm():
+    fused = _import_past_package_init("mamba_ssm.ops.triton.layer_norm").rms_norm_fn
+
+    def rms_norm(norm, x):
+        return fused(x, norm.weight, None, eps=norm.variance_epsilon)
+
+    return rms_norm
+
+
+def _mamba_ssm_gated_norm():
+    fused = _import_past_package_init("mamba_ssm.ops.triton.layernorm_gated").rmsnorm_fn
+
+    def gated_norm(norm, y, z):
+        return fused(y, norm.weight, None, z=z, eps=norm.variance_epsilon, norm_before_gate=False)
+
+    return gated_norm
+
+
 @functools.cache
 def kernels_for(device_type: str) -> Kernels:
     """The best kernels for a device type; says once which fall back to pure torch and why."""
@@ -108,6 +138,8 @@ def kernels_for(device_type: str) -> Kernels:
         ("ssd", _mamba_ssm_ssd, TORCH.ssd),
         ("selective_scan", _mamba_ssm_selective_scan, TORCH.selective_scan),
         ("causal_conv1d", _causal_conv1d, TORCH.conv),
+        ("rms_norm", _mamba_ssm_rms_norm, TORCH.rms_norm),
+        ("gated_norm", _mamba_ssm_gated_norm, TORCH.gated_norm),
     ):
         try:
             chosen.append(loader())

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ShedderError
+from ..kernels import kernels_for
 from ..modeling import PRUNED_CLASSES, auto_map
 
 GRANULARITIES = ("mamba_block", "ssm")
@@ -126,7 +127,7 @@ class MambaFamilyAdapter(ABC):
         if self.block_masked(layer):
             return hidden
         block = self.layers[layer]
-        normed = block.norm(hidden.to(dtype=block.norm.weight.dtype))
+        normed = kernels_for(hidden.device.type).rms_norm(block.norm, hidden.to(dtype=block.norm.weight.dtype))
         residual = hidden.to(torch.float32) if block.residual_in_fp32 else hidden
         if self.ssm_masked(layer):
             mixed = self._ssm_less_view(layer)(normed)

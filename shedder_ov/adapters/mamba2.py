@@ -55,7 +55,7 @@ class Mamba2Adapter(MambaFamilyAdapter):
             mixer.chunk_size,
             mixer.D,
         )
-        return mixer.out_proj(mixer.norm(y.reshape(batch, seq_len, -1), z).to(hidden.dtype))
+        return mixer.out_proj(kernels.gated_norm(mixer.norm, y.reshape(batch, seq_len, -1), z).to(hidden.dtype))
 
     def ssm_less_tensors(self, mixer):
         inner = mixer.intermediate_size
