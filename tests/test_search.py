@@ -54,8 +54,9 @@ def test_fast_equals_naive(adapter, windows, tmp_path):
 
 
 def test_fast_groups_and_cache_stride_do_not_change_scores(adapter, windows, tmp_path):
-    reference = search(adapter, windows, tmp_path, "fast", log="a.jsonl")
-    # one candidate per group, and a residual cache every few layers only
+    # all candidates stacked in one group (as on a GPU), vs one per group with a residual
+    # cache every few layers only
+    reference = search(adapter, windows, tmp_path, "fast", log="a.jsonl", group_budget_bytes=1 << 30)
     small = search(adapter, windows, tmp_path, "fast", log="b.jsonl", group_budget_bytes=1, cache_budget_bytes=1 << 20)
     assert [r["candidate"] for r in small.removed] == [r["candidate"] for r in reference.removed]
     for a, b in zip(small.removed, reference.removed):
