@@ -54,7 +54,8 @@ def targets(result: dict) -> list[str]:
     return lines
 
 
-def main(shape: str, out: Path, lengths=(128, 512, 2048), new_tokens: int = 128, repeats: int = 2, threads: int = 2) -> None:
+def main(shape: str, out: Path, lengths=(128, 512, 2048), new_tokens: int = 128, repeats: int = 2, threads: int = 2,
+         precision: str = "bf16") -> None:
     torch.manual_seed(0)
     model = SHAPES[shape]().eval()
     layers = model.config.num_hidden_layers
@@ -72,7 +73,8 @@ def main(shape: str, out: Path, lengths=(128, 512, 2048), new_tokens: int = 128,
             paths.append(out / name / tag)
             labels.append(f"{shape} RANDOM {name} {tag}")
     del model, variants
-    result = run_bench(paths, labels, threads, prompt_lengths=lengths, new_tokens=new_tokens, repeats=repeats, profile=True)
+    result = run_bench(paths, labels, threads, prompt_lengths=lengths, new_tokens=new_tokens, repeats=repeats,
+                       precision=precision, profile=True)
     result["weights"] = "random (speed/size only)"
     result["targets"] = targets(result)
     write_json(out / "bench.json", result)
@@ -90,5 +92,7 @@ if __name__ == "__main__":
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="bf16", help="INFERENCE_PRECISION_HINT (bf16: OpenVINO's default on this CPU)")
     args = parser.parse_args()
-    main(args.shape, args.out, tuple(int(n) for n in args.lengths.split(",")), args.new_tokens, args.repeats, args.threads)
+    main(args.shape, args.out, tuple(int(n) for n in args.lengths.split(",")), args.new_tokens, args.repeats, args.threads,
+         args.precision)

@@ -52,6 +52,21 @@ def model_limits(folder: Path) -> tuple[int | None, int]:
     return (int(limit) if limit and limit < 1e9 else None), config.get("vocab_size", 1000)
 
 
+def weight_bytes(xml: Path, precision: str) -> int:
+    """Bytes of weights one decode step reads: every Constant once, f32 ones at the width of
+    the inference precision (the CPU plugin converts them when it compiles for bf16/f16)."""
+    import openvino as ov
+
+    f32_width = 2 if precision in ("bf16", "f16") else 4
+    total = 0
+    for op in ov.Core().read_model(xml).get_ordered_ops():
+        if op.get_type_name() == "Constant":
+            kind = op.get_output_element_type(0)
+            count = int(np.prod(list(op.get_output_shape(0)), dtype=np.int64))
+            total += count * f32_width if kind == ov.Type.f32 else count * kind.bitwidth // 8
+    return total
+
+
 def ir_size(xml: Path) -> int:
     return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
 
@@ -100,9 +115,8 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
 
     rates = [decode() for _ in range(warmup + repeats)][warmup:]
     state_bytes = sum(s.state.data.nbytes for s in request.query_state())
-    weight_bytes = xml.with_suffix(".bin").stat().st_size
     row["decode"] = {"tok_s": _stats(rates), "state_mb": state_bytes / 2**20,
-                     "bytes_per_token": weight_bytes + 2 * state_bytes}
+                     "bytes_per_token": weight_bytes(xml, precision) + 2 * state_bytes}
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if profile:
         row["top_ops"] = top_ops(request)
@@ -164,7 +178,7 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
             "decode": row["decode"]["tok_s"]["median"] / base["decode"]["tok_s"]["median"]
             if row.get("decode") and base.get("decode") else None,
         }
-    return {"openvino": ov.get_version(), "threads": threads, "cpu_count": os.cpu_count(),
+    return {"openvino": ov.get_version(), "threads": threads, "precision": kwargs.get("precision", "f32"), "cpu_count": os.cpu_count(),
             "bandwidth_gbs": bandwidth, "rows": rows}
 
 
@@ -184,4 +198,4 @@ def format_table(result: dict) -> str:
                   f"{decode['bytes_per_token'] / 2**20:.1f}" if decode else "-",
                   f"{decode['bandwidth_fraction']:.2f}" if decode else "-", f"{row['peak_rss_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nOpenVINO {result['openvino']}, {result['threads']} threads, copy bandwidth {result['bandwidth_gbs']:.1f} GB/s"
+    return "\n".join(lines) + f"\n\nOpenVINO {result['openvino']}, {result['threads']} threads, INFERENCE_PRECISION_HINT {result.get('precision', 'f32')}, copy bandwidth {result['bandwidth_gbs']:.1f} GB/s"

@@ -105,6 +105,7 @@ def eval_(
     device: str = typer.Option("CPU", help="OpenVINO device for IRs"),
     precision: str = typer.Option("f32", help="OpenVINO INFERENCE_PRECISION_HINT"),
     batch_size: int = typer.Option(4),
+    chunk: int = typer.Option(None, min=1, help="IRs: feed each window in calls of N tokens (1: decode; tests state precision)"),
     json_out: Path = typer.Option(None, "--json", help="write the record here"),
 ) -> None:
     """Perplexity on local text and zero-shot accuracy (lm-eval, offline) of a checkpoint or IR."""
@@ -116,7 +117,7 @@ def eval_(
     from .io import write_json
 
     record = evaluate(model, parse_list(ppl, DATASETS, "--ppl"), parse_list(tasks, PAPER_TASKS, "--tasks"), data_root,
-                      seq_len, ppl_windows, limit, device, precision, batch_size)
+                      seq_len, ppl_windows, limit, device, precision, batch_size, chunk)
     if json_out:
         write_json(json_out, record)
     typer.echo(json.dumps(record, indent=2))

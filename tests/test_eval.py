@@ -37,6 +37,30 @@ def test_ppl_torch_and_openvino_agree(checkpoint_and_ir):
     assert ov_ppl["ppl"] == pytest.approx(torch_ppl["ppl"], rel=1e-4)
 
 
+def test_ppl_through_the_carried_state(checkpoint_and_ir):
+    """--chunk feeds windows in pieces: token-by-token decode scores what one prefill scores
+    (f32), and a chunked torch checkpoint is refused."""
+    checkpoint, ir = checkpoint_and_ir
+    whole = evaluate_ppl(open_model(ir), ["tinystories"], DATA, seq_len=32, limit=2)["tinystories"]
+    for chunk in (1, 5):
+        pieces = evaluate_ppl(open_model(ir, chunk=chunk), ["tinystories"], DATA, seq_len=32, limit=2)["tinystories"]
+        assert pieces["tokens"] == whole["tokens"] and pieces["ppl"] == pytest.approx(whole["ppl"], rel=1e-4)
+    with pytest.raises(ShedderError, match="--chunk: .* torch checkpoint"):
+        open_model(checkpoint, chunk=1)
+
+
+def test_weight_bytes_follow_the_executed_precision(checkpoint_and_ir, tmp_path):
+    """Bandwidth accounting: f32 weights count 2 bytes under a bf16 hint, int8 ones 1 byte."""
+    from shedder_ov.bench import weight_bytes
+    from shedder_ov.export.compress import CompressOptions, compress_ir
+
+    xml = checkpoint_and_ir[1] / "openvino_model.xml"
+    f32, bf16 = weight_bytes(xml, "f32"), weight_bytes(xml, "bf16")
+    assert bf16 == pytest.approx(f32 / 2, rel=0.01) and f32 == pytest.approx(xml.with_suffix(".bin").stat().st_size, rel=0.05)
+    compress_ir(checkpoint_and_ir[1], tmp_path / "int8", CompressOptions(mode="int8_asym"))
+    assert weight_bytes(tmp_path / "int8" / "openvino_model.xml", "f32") < 0.35 * f32
+
+
 def test_zeroshot_scores_a_few_items(checkpoint_and_ir):
     result = evaluate_zeroshot(open_model(checkpoint_and_ir[1]), ["piqa", "hellaswag"], DATA / "eval", limit=4)
     piqa = result["tasks"]["piqa"]

@@ -22,10 +22,10 @@ def parse_list(value: str, allowed, what: str) -> list[str]:
 def evaluate(
     model_path: Path, datasets: list[str], tasks: list[str], data_root: Path, seq_len: int = 512,
     ppl_windows: int | None = None, limit: int | None = None, device: str = "CPU", precision: str = "f32",
-    batch_size: int = 4,
+    batch_size: int = 4, chunk: int | None = None,
 ) -> dict:
-    model = open_model(model_path, device, precision)
-    record = {"model": str(model_path), "kind": model.kind, "device": device, "precision": precision,
+    model = open_model(model_path, device, precision, chunk)
+    record = {"model": str(model_path), "kind": model.kind, "device": device, "precision": precision, "chunk": chunk,
               "num_params": model.num_params}
     if datasets:
         record["ppl"] = evaluate_ppl(model, datasets, data_root, seq_len, ppl_windows, batch_size)

@@ -65,22 +65,31 @@ def ir_feeds(input_names: set[str], ids: np.ndarray, past: int = 0) -> dict[str,
     return {name: known[name]() for name in input_names}
 
 
-def openvino_logits(xml: Path, device: str = "CPU", precision: str = "f32") -> Callable[[torch.Tensor], torch.Tensor]:
+def openvino_logits(xml: Path, device: str = "CPU", precision: str = "f32",
+                    chunk: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits of whole windows from zero state; with `chunk`, each window is fed in calls of
+    `chunk` tokens, so later tokens read the state the IR carried (chunk=1: pure decode)."""
     compiled = compile_ir(xml, device, precision)
     request = compiled.create_infer_request()
     names = {port.any_name for port in compiled.inputs}
     logits_port = next((p for p in compiled.outputs if "logits" in p.names), compiled.outputs[0])
 
     def logits(ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.numpy().astype(np.int64)
+        step = chunk or ids.shape[1]
         request.reset_state()
-        request.infer(ir_feeds(names, ids.numpy().astype(np.int64)))
-        return torch.from_numpy(request.get_tensor(logits_port).data.astype(np.float32, copy=True))
+        pieces = []
+        for start in range(0, ids.shape[1], step):
+            request.infer(ir_feeds(names, ids[:, start : start + step], start))
+            pieces.append(request.get_tensor(logits_port).data.astype(np.float32, copy=True))
+        return torch.from_numpy(np.concatenate(pieces, axis=1))
 
     return logits
 
 
-def open_model(path: str | Path, device: str = "CPU", precision: str = "f32") -> LogitsModel:
-    """A torch checkpoint folder or an OpenVINO IR (folder or .xml), with its tokenizer."""
+def open_model(path: str | Path, device: str = "CPU", precision: str = "f32", chunk: int | None = None) -> LogitsModel:
+    """A torch checkpoint folder or an OpenVINO IR (folder or .xml), with its tokenizer; `chunk`
+    (IRs only) feeds windows in calls of that many tokens."""
     from ..checkpoints import load_checkpoint, load_tokenizer
 
     path = Path(path)
@@ -88,11 +97,13 @@ def open_model(path: str | Path, device: str = "CPU", precision: str = "f32") ->
         raise ShedderError(f"{path}: not found")
     xml = ir_file(path)
     if xml is not None:
-        return LogitsModel(openvino_logits(xml, device, precision), load_tokenizer(xml.parent), "openvino", path)
+        return LogitsModel(openvino_logits(xml, device, precision, chunk), load_tokenizer(xml.parent), "openvino", path)
     if not (path.is_dir() and (path / "config.json").is_file()):
         raise ShedderError(f"{path}: neither a checkpoint folder (config.json) nor an OpenVINO IR ({IR_FILE})")
     from ..adapters import adapter_for
 
+    if chunk:
+        raise ShedderError(f"--chunk: {path} is a torch checkpoint; chunked feeding is for OpenVINO IRs")
     if device.upper() != "CPU":
         raise ShedderError(f"device: {device} is for OpenVINO IRs; torch checkpoints are evaluated on CPU here")
     adapter = adapter_for(load_checkpoint(path), str(path))
