@@ -79,7 +79,8 @@ def main(shape: str, out: Path, lengths=(128, 512, 2048), new_tokens: int = 128,
     result["targets"] = targets(result)
     write_json(out / "bench.json", result)
     text = "\n".join([format_table(result), "", *result["targets"], ""] + [
-        f"{row['label']} top ops: {json.dumps(row.get('top_ops', [])[:5])}" for row in result["rows"]])
+        f"{row['label']} top ops, {stage}: {json.dumps(row.get(key, [])[:5])}" for row in result["rows"]
+        for stage, key in (("decode", "top_ops"), ("prefill", "top_ops_prefill"))])
     (out / "bench.md").write_text(text + "\n")
     print(text)
 

@@ -73,7 +73,8 @@ def ir_size(xml: Path) -> int:
 
 def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), new_tokens: int = 128,
              warmup: int = 1, repeats: int = 3, threads: int = 2, precision: str = "f32", profile: bool = False) -> dict:
-    """Time one IR; with `profile`, also the top ops of a decode step (OV performance counters)."""
+    """Time one IR; with `profile`, also the top ops of the longest prefill and of a decode step
+    (OV performance counters)."""
     xml = ir_file(Path(path))
     if xml is None:
         raise ShedderError(f"{path}: not an OpenVINO IR (no openvino_model.xml)")
@@ -99,6 +100,8 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
         samples = [_timed(lambda: prefill(length)) * 1e3 for _ in range(warmup + repeats)][warmup:]
         row["prefill_ms"][length] = _stats(samples)
     row["ttft_ms"] = row["prefill_ms"][prompt_lengths[0]]["median"]
+    if profile:  # the last call was a prefill at the longest prompt length
+        row["top_ops_prefill"] = top_ops(request)
     states = request.query_state()
     if not states:
         row["decode"] = None
