@@ -82,7 +82,7 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
     too_long = [n for n in prompt_lengths if limit and n > limit]
     if too_long:
         raise ShedderError(f"prompt length {too_long[0]} is above the model's limit of {limit} tokens")
-    config = {"INFERENCE_NUM_THREADS": threads, "PERF_COUNT": profile}
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERF_COUNT": profile}  # batch-1 latency: one stream
     start = time.perf_counter()
     compiled = compile_ir(xml, device, precision, config)
     row = {"ir": str(xml.parent), "ir_mb": ir_size(xml) / 2**20, "compile_s": time.perf_counter() - start}
@@ -181,7 +181,7 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
             "decode": row["decode"]["tok_s"]["median"] / base["decode"]["tok_s"]["median"]
             if row.get("decode") and base.get("decode") else None,
         }
-    return {"openvino": ov.get_version(), "threads": threads, "precision": kwargs.get("precision", "f32"), "cpu_count": os.cpu_count(),
+    return {"openvino": ov.get_version(), "threads": threads, "streams": 1, "precision": kwargs.get("precision", "f32"), "cpu_count": os.cpu_count(),
             "bandwidth_gbs": bandwidth, "rows": rows}
 
 

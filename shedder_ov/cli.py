@@ -133,7 +133,8 @@ def bench(
     new_tokens: int = typer.Option(128, help="decode steps (batch 1)"),
     repeats: int = typer.Option(3),
     threads: int = typer.Option(2, help="INFERENCE_NUM_THREADS and bandwidth-test threads"),
-    profile: bool = typer.Option(False, help="also top ops of a decode step (OV performance counters)"),
+    precision: str = typer.Option("f32", help="INFERENCE_PRECISION_HINT; it is also the stored state precision (bf16: faster, docs/speed.md)"),
+    profile: bool = typer.Option(False, help="also top ops of the longest prefill and a decode step (OV performance counters)"),
     json_out: Path = typer.Option(None, "--json", help="write the results here"),
 ) -> None:
     """Prefill latency, TTFT, decode tok/s, compile time, IR size and peak RSS of IRs, side by side."""
@@ -149,7 +150,7 @@ def bench(
     except ValueError:
         raise ShedderError(f"--lengths: {lengths!r} is not a comma-separated list of integers") from None
     result = run_bench(irs, names, threads, device=device, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
-                       repeats=repeats, profile=profile)
+                       repeats=repeats, precision=precision, profile=profile)
     if json_out:
         write_json(json_out, result)
     typer.echo(format_table(result))
