@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--mamba2-variants", default="int8", help="empty: no Mamba-2 rows")
     parser.add_argument("--lengths", default="512,2048")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (0: cold first calls)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="bf16", help="INFERENCE_PRECISION_HINT for every variant")
@@ -82,10 +83,11 @@ def main() -> None:
             for tag in tags.split(",")]
     lengths = tuple(int(n) for n in args.lengths.split(","))
     result = run_bench([p for _, p in rows], [label for label, _ in rows], threads=args.threads, prompt_lengths=lengths,
-                       new_tokens=args.new_tokens, warmup=0, repeats=args.repeats, precision=args.precision, profile=True)
+                       new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats, precision=args.precision, profile=True)
     result["weights"] = "random (speed/size only)"
-    write_json(args.out / "bench.json", result)
-    (args.out / "bench.md").write_text(format_table(result) + "\n")
+    name = f"bench-{'-'.join(map(str, lengths))}-warmup{args.warmup}"
+    write_json(args.out / f"{name}.json", result)
+    (args.out / f"{name}.md").write_text(format_table(result) + "\n")
     print(format_table(result))
 
 
