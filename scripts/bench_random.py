@@ -32,6 +32,7 @@ SHAPES = {  # the published checkpoints' shapes (vocab padded as in mamba_ssm)
 }
 
 
+MODES = {"int8": "int8_asym", "int4": "int4_sym"}  # NNCF modes of the compressed variants
 TARGETS = {("int8", "fp32"): 1.7, ("int4", "fp32"): 2.5}
 PRUNED_TARGET = 1.25
 
@@ -40,10 +41,10 @@ def targets(result: dict) -> list[str]:
     """One line per target: measured decode ratio, goal, met or not; then bandwidth shares."""
     rate = {tuple(r["label"].split()[-2:]): r["decode"]["tok_s"]["median"] for r in result["rows"] if r.get("decode")}
     lines = []
-    for variant in ("original", "pruned25"):
+    for name in ("original", "pruned25"):
         for (precision, base), goal in TARGETS.items():
-            ratio = rate[variant, precision] / rate[variant, base]
-            lines.append(f"{variant} {precision} vs {base}: {ratio:.2f}x (target {goal}x) {'met' if ratio >= goal else 'MISSED'}")
+            ratio = rate[name, precision] / rate[name, base]
+            lines.append(f"{name} {precision} vs {base}: {ratio:.2f}x (target {goal}x) {'met' if ratio >= goal else 'MISSED'}")
     for precision in ("fp32", "int8", "int4"):
         ratio = rate["pruned25", precision] / rate["original", precision]
         lines.append(f"pruned25 vs original {precision}: {ratio:.2f}x (target {PRUNED_TARGET}x) {'met' if ratio >= PRUNED_TARGET else 'MISSED'}")
@@ -54,12 +55,20 @@ def targets(result: dict) -> list[str]:
     return lines
 
 
-def build(shape: str, variant: str):
+def variant(fp32: Path, tag: str) -> Path:
+    """The fp32 IR or its NNCF-compressed sibling folder `tag` (made once)."""
+    target = fp32.parent / tag
+    if tag != "fp32" and not (target / "openvino_model.xml").is_file():
+        compress_ir(fp32, target, CompressOptions(mode=MODES[tag]))
+    return target
+
+
+def build(shape: str, name: str):
     """The random model (seed 0), or it with 25% of its blocks (every 4th from block 1) removed.
     Built only when its IR is missing: the benchmark processes need the memory."""
     torch.manual_seed(0)
     model = SHAPES[shape]().eval()
-    if variant == "original":
+    if name == "original":
         return model
     removed = [Candidate(i, "mamba_block") for i in range(1, model.config.num_hidden_layers, 4)]
     return adapter_for(model).pruned_model(removed)
@@ -72,11 +81,8 @@ def main(shape: str, out: Path, lengths=(128, 512, 2048), new_tokens: int = 128,
         fp32 = out / name / "fp32"
         if not (fp32 / "openvino_model.xml").is_file():
             export_model(build(shape, name), fp32)
-        for mode, tag in (("int8_asym", "int8"), ("int4_sym", "int4")):
-            if not (out / name / tag / "openvino_model.xml").is_file():
-                compress_ir(fp32, out / name / tag, CompressOptions(mode=mode))
         for tag in ("fp32", "int8", "int4"):
-            paths.append(out / name / tag)
+            paths.append(variant(fp32, tag))
             labels.append(f"{shape} RANDOM {name} {tag}")
     result = run_bench(paths, labels, threads, prompt_lengths=lengths, new_tokens=new_tokens, repeats=repeats,
                        precision=precision, profile=True)

@@ -19,14 +19,11 @@ from pathlib import Path
 import torch
 
 from shedder_ov.bench import format_table, run_bench
-from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.exporter import export_model
 from shedder_ov.io import write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_random import SHAPES  # noqa: E402
-
-MODES = {"int8": "int8_asym", "int4": "int4_sym"}
+from bench_random import SHAPES, variant  # noqa: E402
 
 
 def random_checkpoint(shape: str, folder: Path) -> Path:
@@ -49,14 +46,6 @@ def optimum_own(checkpoint: Path, out: Path, python: str) -> None:
         cli = Path(python).parent / "optimum-cli"
         subprocess.run([str(cli), "export", "openvino", "--model", str(checkpoint), "--task", "text-generation-with-past",
                         "--weight-format", "fp32", str(out)], check=True)
-
-
-def variant(fp32: Path, tag: str) -> Path:
-    """The fp32 IR or its NNCF-compressed copy (made once)."""
-    target = fp32.parent / tag
-    if tag != "fp32" and not (target / "openvino_model.xml").is_file():
-        compress_ir(fp32, target, CompressOptions(mode=MODES[tag]))
-    return target
 
 
 def main() -> None:

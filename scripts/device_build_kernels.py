@@ -3,7 +3,8 @@
 Their setup.py files compile every .cu file for up to nine architectures (>18 min on the
 device's 16 cores). The search only runs forward passes on one GPU, so this patches the
 unpacked sdists to (1) emit code for `--arch` only and (2) build the forward kernels only: the
-backward instantiations are replaced by one stub file that raises if called. Both builds run in parallel; the wheels land in `--out`.
+backward instantiations are replaced by one stub file that raises if called. Both builds run
+in parallel; the wheels and build logs land in `--out`.
 
     python3 scripts/device_build_kernels.py --src .device/src --out /tmp/kext --arch 90
 """
@@ -99,10 +100,11 @@ def main() -> None:
         root = prepare(next(args.src.glob(f"{package}-*.tar.gz")), args.work, args.arch)
         log = open(args.out / f"build-{root.name}.log", "w")
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(args.out), str(root)]
-        builds[root.name] = (subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), time.time())
+        builds[root.name] = (subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log, time.time())
     failed = False
-    for name, (process, started) in builds.items():
+    for name, (process, log, started) in builds.items():
         code = process.wait()
+        log.close()
         print(f"{name}: exit {code} after {time.time() - started:.0f} s", flush=True)
         failed |= code != 0
     sys.exit(1 if failed else 0)

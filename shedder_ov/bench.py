@@ -20,6 +20,8 @@ import numpy as np
 from .errors import ShedderError
 from .evaluation.runtime import compile_ir, ir_feeds, ir_file
 
+STREAMS = 1  # batch-1 latency: more streams only split the cores
+
 
 def _stats(samples: list[float]) -> dict:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
@@ -82,7 +84,7 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
     too_long = [n for n in prompt_lengths if limit and n > limit]
     if too_long:
         raise ShedderError(f"prompt length {too_long[0]} is above the model's limit of {limit} tokens")
-    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERF_COUNT": profile}  # batch-1 latency: one stream
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": STREAMS, "PERF_COUNT": profile}
     start = time.perf_counter()
     compiled = compile_ir(xml, device, precision, config)
     row = {"ir": str(xml.parent), "ir_mb": ir_size(xml) / 2**20, "compile_s": time.perf_counter() - start}
@@ -159,7 +161,7 @@ def bench_isolated(path: str, **kwargs) -> dict:
     return row
 
 
-def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int = 2, **kwargs) -> dict:
+def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int = 2, precision: str = "f32", **kwargs) -> dict:
     """Every variant side by side; ratios against the first; bandwidth fraction of decode."""
     import openvino as ov
 
@@ -169,7 +171,7 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
     bandwidth = memory_bandwidth(threads)
     rows = []
     for label, path in zip(labels or [Path(p).name for p in paths], paths):
-        row = {"label": label, **bench_isolated(str(path), threads=threads, **kwargs)}
+        row = {"label": label, **bench_isolated(str(path), threads=threads, precision=precision, **kwargs)}
         if row.get("decode"):
             rate = row["decode"]["tok_s"]["median"]
             row["decode"]["bandwidth_fraction"] = row["decode"]["bytes_per_token"] * rate / (bandwidth * 1e9)
@@ -181,7 +183,7 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
             "decode": row["decode"]["tok_s"]["median"] / base["decode"]["tok_s"]["median"]
             if row.get("decode") and base.get("decode") else None,
         }
-    return {"openvino": ov.get_version(), "threads": threads, "streams": 1, "precision": kwargs.get("precision", "f32"), "cpu_count": os.cpu_count(),
+    return {"openvino": ov.get_version(), "threads": threads, "streams": STREAMS, "precision": precision, "cpu_count": os.cpu_count(),
             "bandwidth_gbs": bandwidth, "rows": rows}
 
 
