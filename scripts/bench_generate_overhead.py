@@ -24,11 +24,11 @@ def main() -> None:
     import shedder_ov  # noqa: F401  (registers our model types with optimum-intel)
     from optimum.intel import OVModelForCausalLM
 
-    from shedder_ov.export.runtime import StatefulIR
+    from shedder_ov.runtime import StatefulIR
 
     config = {"INFERENCE_PRECISION_HINT": args.precision, "INFERENCE_NUM_THREADS": args.threads}
     prompt = np.arange(2, 34)
-    lean = StatefulIR(args.ir_dir, config)
+    lean = StatefulIR(args.ir_dir, config=config, specialize=False)  # the same single compile
     lean.greedy(prompt, 4)  # warm-up
     _, lean_rate = lean.greedy(prompt, args.new_tokens)
     model = OVModelForCausalLM.from_pretrained(args.ir_dir, ov_config=config, compile=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ShedderError
-from .evaluation.runtime import compile_ir, ir_feeds, ir_file
+from .runtime import StatefulIR, ir_file
 
 STREAMS = 1  # batch-1 latency: more streams only split the cores
 
@@ -74,9 +74,11 @@ def ir_size(xml: Path) -> int:
 
 
 def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), new_tokens: int = 128,
-             warmup: int = 1, repeats: int = 3, threads: int = 2, precision: str = "f32", profile: bool = False) -> dict:
-    """Time one IR; with `profile`, also the top ops of the longest prefill and of a decode step
-    (OV performance counters)."""
+             warmup: int = 1, repeats: int = 3, threads: int = 2, precision: str = "f32", profile: bool = False,
+             specialize: bool = True) -> dict:
+    """Time one IR through `StatefulIR` (`specialize=False`: one dynamic compile, as
+    OVModelForCausalLM runs it); with `profile`, also the top ops of the longest prefill's last
+    piece and of a decode step (OV performance counters)."""
     xml = ir_file(Path(path))
     if xml is None:
         raise ShedderError(f"{path}: not an OpenVINO IR (no openvino_model.xml)")
@@ -86,16 +88,15 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
         raise ShedderError(f"prompt length {too_long[0]} is above the model's limit of {limit} tokens")
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": STREAMS, "PERF_COUNT": profile}
     start = time.perf_counter()
-    compiled = compile_ir(xml, device, precision, config)
-    row = {"ir": str(xml.parent), "ir_mb": ir_size(xml) / 2**20, "compile_s": time.perf_counter() - start}
-    request = compiled.create_infer_request()
-    names = {p.any_name for p in compiled.inputs}
+    ir = StatefulIR(xml, device, precision, config, specialize=specialize)
+    ir.prepare(1, prompt_lengths)
+    row = {"ir": str(xml.parent), "ir_mb": ir_size(xml) / 2**20, "compile_s": time.perf_counter() - start,
+           "runtime": "specialized" if ir.specialize else "dynamic", "prefill_piece": ir.piece}
     rng = np.random.default_rng(0)
 
     def prefill(length: int) -> np.ndarray:
-        request.reset_state()
-        request.infer(ir_feeds(names, rng.integers(2, vocab, (1, length))))
-        return request.get_tensor("logits").data[:, -1].argmax(-1)[:, None]
+        ir.reset()
+        return ir(rng.integers(2, vocab, (1, length)), last_only=True)[:, -1].argmax(-1)[:, None]
 
     row["prefill_ms"] = {}
     for length in prompt_lengths:
@@ -103,9 +104,8 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
         row["prefill_ms"][length] = _stats(samples)
     row["ttft_ms"] = row["prefill_ms"][prompt_lengths[0]]["median"]
     if profile:  # the last call was a prefill at the longest prompt length
-        row["top_ops_prefill"] = top_ops(request)
-    states = request.query_state()
-    if not states:
+        row["top_ops_prefill"] = top_ops(ir.live)
+    if not ir.stateful:
         row["decode"] = None
         row["note"] = "stateless IR: no decode loop"
         return row | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -113,18 +113,17 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
     def decode() -> float:
         token = prefill(prompt_lengths[0])
         start = time.perf_counter()
-        for step in range(new_tokens):
-            request.infer(ir_feeds(names, token.astype(np.int64), prompt_lengths[0] + step))
-            token = request.get_tensor("logits").data[:, -1].argmax(-1)[:, None]
+        for _ in range(new_tokens):
+            token = ir(token, last_only=True)[:, -1].argmax(-1)[:, None]
         return new_tokens / (time.perf_counter() - start)
 
     rates = [decode() for _ in range(warmup + repeats)][warmup:]
-    state_bytes = sum(s.state.data.nbytes for s in request.query_state())
+    state_bytes = sum(s.state.data.nbytes for s in ir.live.query_state())
     row["decode"] = {"tok_s": _stats(rates), "state_mb": state_bytes / 2**20,
                      "bytes_per_token": weight_bytes(xml, precision) + 2 * state_bytes}
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if profile:
-        row["top_ops"] = top_ops(request)
+        row["top_ops"] = top_ops(ir.live)
     return row
 
 
@@ -161,8 +160,10 @@ def bench_isolated(path: str, **kwargs) -> dict:
     return row
 
 
-def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int = 2, precision: str = "f32", **kwargs) -> dict:
-    """Every variant side by side; ratios against the first; bandwidth fraction of decode."""
+def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int = 2, precision: str = "f32",
+              specialize: list[bool] | None = None, **kwargs) -> dict:
+    """Every variant side by side; ratios against the first; bandwidth fraction of decode.
+    `specialize` (per path, default all True) picks the runtime, see `bench_ir`."""
     import openvino as ov
 
     for path in paths:
@@ -170,8 +171,9 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
             raise ShedderError(f"{path}: not an OpenVINO IR (no openvino_model.xml)")
     bandwidth = memory_bandwidth(threads)
     rows = []
-    for label, path in zip(labels or [Path(p).name for p in paths], paths):
-        row = {"label": label, **bench_isolated(str(path), threads=threads, precision=precision, **kwargs)}
+    labels = labels or [Path(p).name for p in paths]
+    for label, path, fast in zip(labels, paths, specialize or [True] * len(paths)):
+        row = {"label": label, **bench_isolated(str(path), threads=threads, precision=precision, specialize=fast, **kwargs)}
         if row.get("decode"):
             rate = row["decode"]["tok_s"]["median"]
             row["decode"]["bandwidth_fraction"] = row["decode"]["bytes_per_token"] * rate / (bandwidth * 1e9)
@@ -189,13 +191,13 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
 
 def format_table(result: dict) -> str:
     lengths = list(result["rows"][0]["prefill_ms"])
-    head = ["variant", "IR MB", "compile s"] + [f"prefill {n} ms" for n in lengths] + [
+    head = ["variant", "runtime", "IR MB", "compile s"] + [f"prefill {n} ms" for n in lengths] + [
         "decode tok/s", "decode ×", "B/token MB", "BW frac", "RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         decode = row.get("decode") or {}
         tok = decode.get("tok_s", {})
-        cells = [row["label"], f"{row['ir_mb']:.1f}", f"{row['compile_s']:.1f}"]
+        cells = [row["label"], row.get("runtime", "-"), f"{row['ir_mb']:.1f}", f"{row['compile_s']:.1f}"]
         cells += [f"{row['prefill_ms'][n]['median']:.1f} ({row['prefill_ms'][n]['min']:.1f}-{row['prefill_ms'][n]['max']:.1f})"
                   for n in lengths]
         cells += [f"{tok['median']:.1f} ({tok['min']:.1f}-{tok['max']:.1f})" if tok else "-",

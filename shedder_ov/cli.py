@@ -135,6 +135,8 @@ def bench(
     threads: int = typer.Option(2, help="INFERENCE_NUM_THREADS and bandwidth-test threads"),
     precision: str = typer.Option("f32", help="INFERENCE_PRECISION_HINT; it is also the stored state precision (bf16: faster, docs/speed.md)"),
     profile: bool = typer.Option(False, help="also top ops of the longest prefill and a decode step (OV performance counters)"),
+    dynamic: bool = typer.Option(False, help="one dynamic-shape compile per IR, as OVModelForCausalLM runs it (default: "
+                                 "static-shape compiles for decode steps and 512-token prefill pieces)"),
     json_out: Path = typer.Option(None, "--json", help="write the results here"),
 ) -> None:
     """Prefill latency, TTFT, decode tok/s, compile time, IR size and peak RSS of IRs, side by side."""
@@ -150,7 +152,7 @@ def bench(
     except ValueError:
         raise ShedderError(f"--lengths: {lengths!r} is not a comma-separated list of integers") from None
     result = run_bench(irs, names, threads, device=device, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
-                       repeats=repeats, precision=precision, profile=profile)
+                       repeats=repeats, precision=precision, profile=profile, specialize=[not dynamic] * len(irs))
     if json_out:
         write_json(json_out, result)
     typer.echo(format_table(result))

@@ -16,7 +16,7 @@ from shedder_ov.errors import ShedderError
 from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.exporter import export_checkpoint
 from shedder_ov.export.parity import torch_greedy
-from shedder_ov.export.runtime import F32, StatefulIR, read_ir
+from shedder_ov.runtime import StatefulIR, read_ir
 
 from .conftest import FAMILIES, MODELS, REPO, require, tiny_model
 
@@ -56,14 +56,34 @@ def test_export_parity_and_states(exported, name):
 
 
 def test_prefill_in_pieces_matches_whole(exported):
-    """The state carried by the IR: a prompt fed in two calls gives the same logits."""
+    """The state carried by the IR: a prompt fed in three calls gives the same logits."""
     _, ir_dir, _ = exported("pruned")
-    ir, ids = StatefulIR(ir_dir, F32), np.arange(1, 301) % 8000
-    ir.reset()
+    ir, ids = StatefulIR(ir_dir, specialize=False), np.arange(1, 301) % 8000
     whole = ir(ids[None])
     ir.reset()
     pieces = np.concatenate([ir(ids[None, :200]), ir(ids[None, 200:201]), ir(ids[None, 201:])], axis=1)
     assert np.abs(whole - pieces).max() < 1e-3
+
+
+def runtime_op_types(request) -> set[str]:
+    return {op.get_rt_info()["layerType"].astype(str) for op in request.get_compiled_model().get_runtime_model().get_ordered_ops()}
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_specialized_runtime_matches_dynamic(exported, name):
+    """Static-shape compiles (128-token prefill pieces + remainder, If-free decode step, state
+    copied between them) give the logits of the single dynamic compile."""
+    _, ir_dir, _ = exported(name)
+    ids = np.arange(1, 301)[None] % 1000
+    dynamic, fast = StatefulIR(ir_dir, specialize=False), StatefulIR(ir_dir, piece=128)
+    assert fast.split(300) == [128, 128, 44]
+    expected, got = [dynamic(ids)], [fast(ids)]
+    for _ in range(4):
+        expected.append(dynamic(expected[-1][:, -1:].argmax(-1)))
+        got.append(fast(got[-1][:, -1:].argmax(-1)))
+    assert max(np.abs(a - b).max() for a, b in zip(expected, got)) < 1e-4
+    assert "If" in runtime_op_types(dynamic.live)
+    assert "If" not in runtime_op_types(fast.live) and set(fast.requests) == {(1, 128), None, (1, 1)}
 
 
 def test_optimum_generate_and_pipeline(exported, tokenizer):
@@ -71,7 +91,7 @@ def test_optimum_generate_and_pipeline(exported, tokenizer):
     from transformers import pipeline
 
     checkpoint, ir_dir, _ = exported("pruned")
-    model = OVModelForCausalLM.from_pretrained(ir_dir, ov_config=F32)
+    model = OVModelForCausalLM.from_pretrained(ir_dir, ov_config={"INFERENCE_PRECISION_HINT": "f32"})
     assert model.stateful
     prompt = tokenizer("Once upon a time, there was a", return_tensors="pt")["input_ids"]
     out = model.generate(prompt, max_new_tokens=16, min_new_tokens=16, do_sample=False)

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import ShedderError
-
-IR_FILE = "openvino_model.xml"
+from ..runtime import IR_FILE, PIECE, StatefulIR, ir_file
 
 
 @dataclass
@@ -29,60 +28,15 @@ class LogitsModel:
     num_params: int | None = None
 
 
-def ir_file(path: Path) -> Path | None:
-    """The IR .xml of a path (the file itself or a folder holding openvino_model.xml)."""
-    if path.is_file() and path.suffix == ".xml":
-        return path
-    if path.is_dir() and (path / IR_FILE).is_file():
-        return path / IR_FILE
-    return None
-
-
-def compile_ir(xml: Path, device: str = "CPU", precision: str = "f32", config: dict | None = None):
-    """Compile an IR; f32 inference precision by default so IR numbers match torch fp32."""
-    import openvino as ov
-
-    core = ov.Core()
-    if device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
-        raise ShedderError(f"device: {device} not available (available: {', '.join(core.available_devices)})")
-    properties = {"INFERENCE_PRECISION_HINT": precision, **(config or {})}
-    return core.compile_model(core.read_model(xml), device, properties)
-
-
-def ir_feeds(input_names: set[str], ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of an optimum-style decoder IR for `ids` [B, T] after `past` tokens already in its state."""
-    batch, length = ids.shape
-    known = {
-        "input_ids": lambda: ids,
-        "attention_mask": lambda: np.ones((batch, length), dtype=np.int64),  # the new tokens (Mamba IRs)
-        "position_ids": lambda: np.tile(np.arange(past, past + length, dtype=np.int64), (batch, 1)),
-        "cache_position": lambda: np.arange(past, past + length, dtype=np.int64),
-        "beam_idx": lambda: np.arange(batch, dtype=np.int32),
-    }
-    unknown = sorted(input_names - set(known))
-    if unknown:
-        raise ShedderError(f"IR input(s) {', '.join(unknown)} not understood (known: {', '.join(known)})")
-    return {name: known[name]() for name in input_names}
-
-
 def openvino_logits(xml: Path, device: str = "CPU", precision: str = "f32",
                     chunk: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Logits of whole windows from zero state; with `chunk`, each window is fed in calls of
     `chunk` tokens, so later tokens read the state the IR carried (chunk=1: pure decode)."""
-    compiled = compile_ir(xml, device, precision)
-    request = compiled.create_infer_request()
-    names = {port.any_name for port in compiled.inputs}
-    logits_port = next((p for p in compiled.outputs if "logits" in p.names), compiled.outputs[0])
+    ir = StatefulIR(xml, device, precision, piece=chunk or PIECE)
 
     def logits(ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.numpy().astype(np.int64)
-        step = chunk or ids.shape[1]
-        request.reset_state()
-        pieces = []
-        for start in range(0, ids.shape[1], step):
-            request.infer(ir_feeds(names, ids[:, start : start + step], start))
-            pieces.append(request.get_tensor(logits_port).data.astype(np.float32, copy=True))
-        return torch.from_numpy(np.concatenate(pieces, axis=1))
+        ir.reset()
+        return torch.from_numpy(ir(ids.numpy()).astype(np.float32, copy=False))
 
     return logits
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 from ..errors import ShedderError
 from ..io import atomic_dir, read_json, write_json
-from .runtime import IR_FILE, read_ir
+from ..runtime import IR_FILE, read_ir
 
 Mode = Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym"]
 MODES = ("int8_sym", "int8_asym", "int4_sym", "int4_asym")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .runtime import F32, StatefulIR
+from ..runtime import StatefulIR
 
 TOLERANCE = 1e-3
 LONG_PROMPT = 1024
@@ -39,7 +39,7 @@ def torch_greedy(adapter, prompt: np.ndarray, new_tokens: int) -> list[int]:
 
 def check_parity(ir_dir, adapter, tokenizer) -> dict:
     """The parity figures of an IR against the torch model it was exported from."""
-    ir = StatefulIR(ir_dir, F32)
+    ir = StatefulIR(ir_dir)
     short, long = prompts(tokenizer, adapter.model.config.vocab_size)
     diffs = {}
     with torch.no_grad():
