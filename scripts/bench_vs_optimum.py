@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="bf16", help="INFERENCE_PRECISION_HINT for every variant")
+    parser.add_argument("--optimum-runtime", choices=("dynamic", "specialized"), default="dynamic",
+                        help="optimum-intel's IRs on one dynamic compile, as OVModelForCausalLM runs them, or on our runtime")
+    parser.add_argument("--build-only", action="store_true", help="export and compress every IR, time nothing")
     args = parser.parse_args()
     m1 = random_checkpoint("mamba-790m", args.out / "hf-mamba-790m")
     ours(m1, args.out / "ours-mamba" / "fp32")
@@ -70,11 +73,14 @@ def main() -> None:
         wanted["ours-mamba2"] = args.mamba2_variants
     rows = [(f"{name} {tag}", variant(args.out / name / "fp32", tag)) for name, tags in wanted.items()
             for tag in tags.split(",")]
+    if args.build_only:
+        return
     lengths = tuple(int(n) for n in args.lengths.split(","))
-    result = run_bench([p for _, p in rows], [label for label, _ in rows], threads=args.threads, prompt_lengths=lengths,
+    specialize = [not label.startswith("optimum") or args.optimum_runtime == "specialized" for label, _ in rows]
+    result = run_bench([p for _, p in rows], [label for label, _ in rows], specialize=specialize, threads=args.threads, prompt_lengths=lengths,
                        new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats, precision=args.precision, profile=True)
     result["weights"] = "random (speed/size only)"
-    name = f"bench-{'-'.join(map(str, lengths))}-warmup{args.warmup}"
+    name = f"bench-{'-'.join(map(str, lengths))}-warmup{args.warmup}-optimum-{args.optimum_runtime}"
     write_json(args.out / f"{name}.json", result)
     (args.out / f"{name}.md").write_text(format_table(result) + "\n")
     print(format_table(result))

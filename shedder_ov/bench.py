@@ -76,8 +76,8 @@ def ir_size(xml: Path) -> int:
 def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), new_tokens: int = 128,
              warmup: int = 1, repeats: int = 3, threads: int = 2, precision: str = "f32", profile: bool = False,
              specialize: bool = True) -> dict:
-    """Time one IR through `StatefulIR` (`specialize=False`: one dynamic compile, as
-    OVModelForCausalLM runs it); with `profile`, also the top ops of the longest prefill's last
+    """Time one IR through `StatefulIR` (`specialize=False`: one dynamic compile computing every
+    position's logits, as OVModelForCausalLM runs it); with `profile`, also the top ops of the longest prefill's last
     piece and of a decode step (OV performance counters)."""
     xml = ir_file(Path(path))
     if xml is None:
@@ -88,7 +88,7 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
         raise ShedderError(f"prompt length {too_long[0]} is above the model's limit of {limit} tokens")
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": STREAMS, "PERF_COUNT": profile}
     start = time.perf_counter()
-    ir = StatefulIR(xml, device, precision, config, specialize=specialize)
+    ir = StatefulIR(xml, device, precision, config, specialize=specialize, last_logits=specialize)
     ir.prepare(1, prompt_lengths)
     row = {"ir": str(xml.parent), "ir_mb": ir_size(xml) / 2**20, "compile_s": time.perf_counter() - start,
            "runtime": "specialized" if ir.specialize else "dynamic", "prefill_piece": ir.piece}

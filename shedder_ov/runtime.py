@@ -79,16 +79,36 @@ def with_static_shape(model, batch: int, length: int):
     return static
 
 
+def with_last_token_logits(model):
+    """A copy of `model` whose LM head reads only the last position: a prompt that only needs
+    the next token skips [length - 1, vocab] of head work (about 10% of a 790m prefill)."""
+    from openvino import opset8
+
+    model = model.clone()
+    result = next(r for r in model.get_results() if "logits" in r.input_value(0).get_names())
+    head = result.input_value(0).get_node()
+    while head.get_type_name() != "MatMul":
+        head = head.input_value(0).get_node()
+    last = opset8.slice(head.input_value(0), [-1], [np.iinfo(np.int64).max], [1], [1])
+    head.input(0).replace_source_output(last.output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
 class StatefulIR:
     """Logits for token ids [batch, length], continuing the state of the previous calls."""
 
     def __init__(self, path: str | Path, device: str = "CPU", precision: str = "f32", config: dict | None = None,
-                 piece: int | None = PIECE, specialize: bool = True):
-        """`specialize=False` runs everything on the one dynamic compile, as OVModelForCausalLM does."""
+                 piece: int | None = PIECE, specialize: bool = True, last_logits: bool = False):
+        """`specialize=False` runs everything on the one dynamic compile, as OVModelForCausalLM does;
+        `last_logits` computes (and returns) only each call's last position."""
         import openvino as ov
 
         self.path = Path(path)
         self.model = read_ir(path)
+        self.last_logits = last_logits
+        if last_logits:
+            self.model = with_last_token_logits(self.model)
         self.stateful = bool(self.model.get_sinks())
         self.specialize = specialize and self.stateful
         self.piece = piece if self.specialize else None
@@ -148,8 +168,9 @@ class StatefulIR:
         return request.get_tensor(self.logits_name).data
 
     def __call__(self, ids: np.ndarray, last_only: bool = False) -> np.ndarray:
-        """Logits [b, l, vocab] (or [b, 1, vocab] with `last_only`) for ids [b, l]."""
+        """Logits [b, l, vocab] (or [b, 1, vocab] with `last_only` or `last_logits`) for ids [b, l]."""
         ids = np.asarray(ids, dtype=np.int64)
+        last_only = last_only or self.last_logits
         if not self.stateful:
             self.reset()
         pieces, start = [], 0

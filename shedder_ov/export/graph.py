@@ -3,12 +3,14 @@ recurrent state (conv window, SSM state) so the IR can keep them as OpenVINO var
 
 Same math as the adapters' torch forward. A call with L > 1 tokens (prefill, from any state)
 runs a chunked scan; L == 1 (decode) runs one recurrence step. The choice is a TorchScript
-`if` on the traced length, which OpenVINO turns into an If op: decode does only decode work.
-(No einsum in scripted code: OpenVINO cannot read its equation inside an If body.)
+`if` on the traced length, which OpenVINO turns into an If op; compiled for a static length
+(`shedder_ov.runtime`), OpenVINO folds it away, so decode does only decode work. Activations
+stay channels-last [b, l, c] as the projections want them (the depthwise conv is k shifted
+multiply-adds). (No einsum in scripted code: OpenVINO cannot read its equation inside an If.)
 
 * Mamba-2: the chunked SSD of `ops.ssd` (TorchScript-compatible, dynamic length).
-* Mamba-1: `chunked_scan`, 16-position chunks processed in parallel with unrolled steps and a
-  doubling scan over chunks (a TorchScript `while`, an OpenVINO Loop of log2(chunks) turns).
+* Mamba-1: `chunked_scan`, 16-position chunks processed in parallel with unrolled steps, the
+  history carried across chunks by `carry_chunks` (unrolled up to 32 chunks, else a doubling scan).
   Like `ops.selective_scan` it only multiplies decays in (0, 1], so it stays exact on long
   prompts.
 """
@@ -42,86 +44,112 @@ def ssd_update(
 
 
 @torch.jit.script
+def carry_chunks(ends: torch.Tensor, decay: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The state entering each chunk [b, chunks, n, d] and the final one, from each chunk's end
+    state from zero (`ends`), its total decay and the state before the first chunk [b, 1, n, d].
+
+    A doubling scan: log2(chunks) turns over whole tensors. Up to 32 chunks (a 512-token piece)
+    its five turns are unrolled on chunks padded to 32 (in a static-shape compile OpenVINO keeps
+    only this branch); longer prompts take a TorchScript `while` (an OpenVINO Loop)."""
+    chunks = ends.shape[1]
+    if chunks <= 32:
+        decay = F.pad(decay, (0, 0, 0, 0, 0, 32 - chunks), value=1.0)
+        h = F.pad(torch.cat([ends[:, :1] + decay[:, :1] * state, ends[:, 1:]], dim=1), (0, 0, 0, 0, 0, 32 - chunks))
+        for step in (1, 2, 4, 8, 16):  # h[c] accumulates the chunks (c - 2·step, c]
+            h = h + decay * F.pad(h, (0, 0, 0, 0, step, 0))[:, :32]
+            decay = decay * F.pad(decay, (0, 0, 0, 0, step, 0), value=1.0)[:, :32]
+        starts, final = torch.cat([state, h[:, :31]], dim=1)[:, :chunks], h[:, 31]
+    else:
+        h = torch.cat([ends[:, :1] + decay[:, :1] * state, ends[:, 1:]], dim=1)
+        step = 1
+        while step < chunks:
+            h = h + decay * torch.cat([torch.zeros_like(h[:, :step]), h[:, : chunks - step]], 1)
+            decay = decay * torch.cat([torch.ones_like(decay[:, :step]), decay[:, : chunks - step]], 1)
+            step = step * 2
+        starts, final = torch.cat([state, h[:, :-1]], dim=1), h[:, -1]
+    return starts, final
+
+
+@torch.jit.script
 def chunked_scan(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, state: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mamba-1 prefill in chunks of 16 positions, all chunks in parallel on [b, chunks, n, d]:
-    pass 1 runs 16 unrolled recurrence steps from zero state to get each chunk's end state, a
-    doubling scan over chunks carries the history, pass 2 reruns the steps from each chunk's
-    entering state and reads y. No [l, d, n] tensor is built, only decays in (0, 1] are
-    multiplied (long prompts stay exact), and d is innermost so OpenVINO's fused elementwise
-    kernels run long vectors (n = 16 innermost made them ~10x slower)."""
-    batch, channels, length = u.shape[0], u.shape[1], u.shape[2]
+    """Mamba-1 prefill over u, delta [b, l, d] in chunks of 16 positions, all chunks in parallel
+    on [b, chunks, n, d]: pass 1 runs 16 unrolled recurrence steps from zero state to get each
+    chunk's end state, `carry_chunks` carries the history across chunks, pass 2 reruns the steps
+    from each chunk's entering state and reads y. No [l, d, n] tensor is built, only decays in
+    (0, 1] are multiplied (long prompts stay exact), and d is innermost, as in the projections
+    around it: OpenVINO's fused elementwise kernels run long vectors and nothing is transposed
+    but the step axis."""
+    batch, length, channels = u.shape[0], u.shape[1], u.shape[2]
     pad = (-length) % 16
     chunks = (length + pad) // 16
-    du = F.pad((delta * u).float(), (0, pad)).reshape(batch, channels, chunks, 16).permute(3, 0, 2, 1)[:, :, :, None]
-    delta = F.pad(delta.float(), (0, pad)).reshape(batch, channels, chunks, 16).permute(3, 0, 2, 1)[:, :, :, None]
-    B = F.pad(B.float(), (0, 0, 0, pad)).reshape(batch, chunks, 16, -1).permute(2, 0, 1, 3)[..., None]
-    C = F.pad(C.float(), (0, 0, 0, pad)).reshape(batch, chunks, 16, -1).permute(2, 0, 1, 3)[..., None]
+    du = F.pad((delta * u).float(), (0, 0, 0, pad)).reshape(batch, chunks, 16, 1, channels).permute(2, 0, 1, 3, 4)
+    delta = F.pad(delta.float(), (0, 0, 0, pad)).reshape(batch, chunks, 16, 1, channels).permute(2, 0, 1, 3, 4)
+    B = F.pad(B.float(), (0, 0, 0, pad)).reshape(batch, chunks, 16, -1, 1).permute(2, 0, 1, 3, 4)
+    C = F.pad(C.float(), (0, 0, 0, pad)).reshape(batch, chunks, 16, -1, 1).permute(2, 0, 1, 3, 4)
     A = A.t()  # [n, d]; delta[t], du[t] [b, chunks, 1, d]; B[t], C[t] [b, chunks, n, 1]
     h = du[0] * B[0]
     for t in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15):  # a tuple literal: TorchScript unrolls it
         h = torch.exp(delta[t] * A) * h + du[t] * B[t]
-    decay = torch.exp(delta.sum(0) * A)  # over each whole chunk
-    state = state.float().transpose(1, 2)[:, None]  # [b, 1, n, d]
-    h = torch.cat([h[:, :1] + decay[:, :1] * state, h[:, 1:]], dim=1)
-    step = 1
-    while step < chunks:  # h[c] accumulates the chunks (c - 2·step, c]
-        h = h + decay * torch.cat([torch.zeros_like(h[:, :step]), h[:, : chunks - step]], 1)
-        decay = decay * torch.cat([torch.ones_like(decay[:, :step]), decay[:, : chunks - step]], 1)
-        step = step * 2
-    final = h[:, -1].transpose(1, 2)
-    h = torch.cat([state, h[:, :-1]], dim=1)  # the state entering each chunk
+    h, final = carry_chunks(h, torch.exp(delta.sum(0) * A), state.float().transpose(1, 2)[:, None])
     h = torch.exp(delta[0] * A) * h + du[0] * B[0]
     y = (h * C[0]).sum(2, keepdim=True)
-    for t in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15):  # (a list + stack fails OpenVINO's normalize step)
+    for t in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15):  # (a list + cat fails OpenVINO's normalize step)
         h = torch.exp(delta[t] * A) * h + du[t] * B[t]
         y = torch.cat([y, (h * C[t]).sum(2, keepdim=True)], dim=2)
-    y = y.permute(0, 3, 1, 2).reshape(batch, channels, chunks * 16)[:, :, :length]
-    return y, final
+    y = y.reshape(batch, chunks * 16, channels)[:, :length]
+    return y, final.transpose(1, 2)
 
 
 @torch.jit.script
 def selective_update(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, state: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mamba-1 SSM over u, delta [b, d, l] from `state` [b, d, n]; B, C [b, l, n]; no D skip."""
-    if u.shape[2] == 1:
-        delta1 = delta.float()[:, :, 0, None]  # [b, d, 1]
-        new_state = torch.exp(delta1 * A) * state + (delta1 * u.float()[:, :, 0, None]) * B.float()[:, 0, None, :]
-        y = (new_state * C.float()[:, 0, None, :]).sum(-1)[:, :, None]
+    """Mamba-1 SSM over u, delta [b, l, d] from `state` [b, d, n]; B, C [b, l, n]; no D skip."""
+    if u.shape[1] == 1:
+        delta1 = delta.float()[:, 0, :, None]  # [b, d, 1]
+        new_state = torch.exp(delta1 * A) * state + (delta1 * u.float()[:, 0, :, None]) * B.float()[:, 0, None, :]
+        y = (new_state * C.float()[:, 0, None, :]).sum(-1)[:, None]
     else:
         y, new_state = chunked_scan(u, delta, A, B, C, state)
     return y, new_state
 
 
 def causal_conv(conv1d, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal conv of x [b, d, l] continuing `conv_state` (the last kernel-1 inputs)."""
-    window = torch.cat([conv_state.to(x.dtype), x], dim=-1)
-    out = F.conv1d(window, conv1d.weight, conv1d.bias, groups=conv1d.groups)
-    return out, window[:, :, -(conv1d.kernel_size[0] - 1) :]
+    """Depthwise causal conv of channels-last x [b, l, c] continuing `conv_state` [b, c, k-1]
+    (the last k-1 inputs), as k shifted multiply-adds: no transposes of [l, c] activations."""
+    kernel, length = conv1d.kernel_size[0], x.shape[1]
+    window = torch.cat([conv_state.to(x.dtype).transpose(1, 2), x], dim=1)  # [b, k-1+l, c]
+    weight = conv1d.weight[:, 0].t()  # [k, c]
+    out = window[:, :length] * weight[0]
+    for j in range(1, kernel):
+        out = out + window[:, j : j + length] * weight[j]
+    if conv1d.bias is not None:
+        out = out + conv1d.bias
+    return out, window[:, -(kernel - 1) :].transpose(1, 2)
 
 
 def mamba_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
     """Mamba-1 / FalconMamba mixer (the family's `ssm_inputs` hook normalises dt, B, C)."""
-    x, z = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-    x, conv_state = causal_conv(mixer.conv1d, x * mask[:, None], conv_state)
-    x = mixer.act(x) * mask[:, None]
+    x, z = mixer.in_proj(hidden).chunk(2, dim=-1)
+    x, conv_state = causal_conv(mixer.conv1d, x * mask[..., None], conv_state)
+    x = mixer.act(x) * mask[..., None]
     time_step, B, C = torch.split(
-        mixer.x_proj(x.transpose(1, 2)), [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1
+        mixer.x_proj(x), [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1
     )
     time_step, B, C = adapter.ssm_inputs(mixer, time_step, B, C)
-    delta = F.softplus(mixer.dt_proj(time_step)).transpose(1, 2)
+    delta = F.softplus(mixer.dt_proj(time_step))
     y, ssm_state = selective_update(x, delta, -torch.exp(mixer.A_log.float()), B, C, ssm_state)
-    y = (y + x.float() * mixer.D.float()[:, None]).to(hidden.dtype) * mixer.act(z)
-    return mixer.out_proj(y.transpose(1, 2)), conv_state, ssm_state
+    y = (y + x.float() * mixer.D.float()).to(hidden.dtype) * mixer.act(z)
+    return mixer.out_proj(y), conv_state, ssm_state
 
 
 def mamba_ssm_less_mixer(adapter, mixer, hidden, mask, conv_state):
     """Mamba-1 / FalconMamba mixer without SSM: act(conv(x)) * act(z)."""
-    x, z = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
-    x, conv_state = causal_conv(mixer.conv1d, x * mask[:, None], conv_state)
-    return mixer.out_proj((mixer.act(x) * mixer.act(z)).transpose(1, 2)), conv_state
+    x, z = mixer.in_proj(hidden).chunk(2, dim=-1)
+    x, conv_state = causal_conv(mixer.conv1d, x * mask[..., None], conv_state)
+    return mixer.out_proj(mixer.act(x) * mixer.act(z)), conv_state
 
 
 def mamba2_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
@@ -129,8 +157,8 @@ def mamba2_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
     batch = hidden.shape[0]
     groups, state = mixer.n_groups, mixer.ssm_state_size
     z, xBC, dt = adapter.split_projection(mixer, mixer.in_proj(hidden * mask[..., None]))
-    xBC, conv_state = causal_conv(mixer.conv1d, xBC.transpose(1, 2), conv_state)
-    xBC = mixer.act(xBC).transpose(1, 2) * mask[..., None]
+    xBC, conv_state = causal_conv(mixer.conv1d, xBC, conv_state)
+    xBC = mixer.act(xBC) * mask[..., None]
     x, B, C = xBC.split([mixer.intermediate_size, groups * state, groups * state], dim=-1)
     dt = torch.clamp(F.softplus(dt + mixer.dt_bias), mixer.time_step_limit[0], mixer.time_step_limit[1])
     x = x.reshape(batch, -1, mixer.num_heads, mixer.head_dim)
@@ -150,8 +178,8 @@ def mamba2_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
 def mamba2_ssm_less_mixer(adapter, mixer, hidden, mask, conv_state):
     """Mamba-2 mixer without SSM: gated_rmsnorm(act(conv(x)), z)."""
     z, x = mixer.in_proj(hidden * mask[..., None]).chunk(2, dim=-1)
-    x, conv_state = causal_conv(mixer.conv1d, x.transpose(1, 2), conv_state)
-    x = mixer.act(x).transpose(1, 2) * mask[..., None]
+    x, conv_state = causal_conv(mixer.conv1d, x, conv_state)
+    x = mixer.act(x) * mask[..., None]
     return mixer.out_proj(mixer.norm(x, z).to(hidden.dtype)), conv_state
 
 
