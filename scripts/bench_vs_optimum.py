@@ -80,7 +80,7 @@ def main() -> None:
     result = run_bench([p for _, p in rows], [label for label, _ in rows], specialize=specialize, threads=args.threads, prompt_lengths=lengths,
                        new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats, precision=args.precision, profile=True)
     result["weights"] = "random (speed/size only)"
-    name = f"bench-{'-'.join(map(str, lengths))}-warmup{args.warmup}-optimum-{args.optimum_runtime}"
+    name = f"bench-{'-'.join(map(str, lengths))}-{args.precision}-warmup{args.warmup}-optimum-{args.optimum_runtime}"
     write_json(args.out / f"{name}.json", result)
     (args.out / f"{name}.md").write_text(format_table(result) + "\n")
     print(format_table(result))
