@@ -88,8 +88,8 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
              warmup: int = 1, repeats: int = 3, threads: int = 2, precision: str = "f32", profile: bool = False,
              specialize: bool = True) -> dict:
     """Time one IR through `StatefulIR` (`specialize=False`: one dynamic compile computing every
-    position's logits, as OVModelForCausalLM runs it); with `profile`, also the top ops of the longest prefill's last
-    piece and of a decode step (OV performance counters)."""
+    position's logits, as OVModelForCausalLM runs it); with `profile`, also the top ops of the
+    longest prefill's last piece and of a decode step (OV performance counters)."""
     xml = ir_file(Path(path))
     if xml is None:
         raise ShedderError(f"{path}: not an OpenVINO IR (no openvino_model.xml)")

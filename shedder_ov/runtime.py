@@ -156,7 +156,7 @@ class StatefulIR:
     def _infer(self, ids: np.ndarray):
         request = self.request(*ids.shape)
         if request is not self.live:
-            if self.live is None or not self.stateful:
+            if self.live is None:
                 request.reset_state()
             else:
                 current = {state.name: state.state for state in self.live.query_state()}

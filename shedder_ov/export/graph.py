@@ -44,30 +44,34 @@ def ssd_update(
 
 
 @torch.jit.script
+def doubling_turn(h: torch.Tensor, decay: torch.Tensor, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One turn of the doubling scan over chunks (dim 1): afterwards h[c] accumulates the chunks
+    (c - 2·step, c] and decay[c] is their total decay."""
+    size = h.shape[1]
+    h = h + decay * F.pad(h, (0, 0, 0, 0, step, 0))[:, :size]
+    decay = decay * F.pad(decay, (0, 0, 0, 0, step, 0), value=1.0)[:, :size]
+    return h, decay
+
+
+@torch.jit.script
 def carry_chunks(ends: torch.Tensor, decay: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The state entering each chunk [b, chunks, n, d] and the final one, from each chunk's end
     state from zero (`ends`), its total decay and the state before the first chunk [b, 1, n, d].
 
     A doubling scan: log2(chunks) turns over whole tensors. Up to 32 chunks (a 512-token piece)
-    its five turns are unrolled on chunks padded to 32 (in a static-shape compile OpenVINO keeps
-    only this branch); longer prompts take a TorchScript `while` (an OpenVINO Loop)."""
+    its five turns are unrolled (in a static-shape compile OpenVINO keeps only this branch);
+    longer prompts take a TorchScript `while` (an OpenVINO Loop)."""
     chunks = ends.shape[1]
+    h = torch.cat([ends[:, :1] + decay[:, :1] * state, ends[:, 1:]], dim=1)
     if chunks <= 32:
-        decay = F.pad(decay, (0, 0, 0, 0, 0, 32 - chunks), value=1.0)
-        h = F.pad(torch.cat([ends[:, :1] + decay[:, :1] * state, ends[:, 1:]], dim=1), (0, 0, 0, 0, 0, 32 - chunks))
-        for step in (1, 2, 4, 8, 16):  # h[c] accumulates the chunks (c - 2·step, c]
-            h = h + decay * F.pad(h, (0, 0, 0, 0, step, 0))[:, :32]
-            decay = decay * F.pad(decay, (0, 0, 0, 0, step, 0), value=1.0)[:, :32]
-        starts, final = torch.cat([state, h[:, :31]], dim=1)[:, :chunks], h[:, 31]
+        for step in (1, 2, 4, 8, 16):  # turns with step >= chunks change nothing
+            h, decay = doubling_turn(h, decay, step)
     else:
-        h = torch.cat([ends[:, :1] + decay[:, :1] * state, ends[:, 1:]], dim=1)
         step = 1
         while step < chunks:
-            h = h + decay * torch.cat([torch.zeros_like(h[:, :step]), h[:, : chunks - step]], 1)
-            decay = decay * torch.cat([torch.ones_like(decay[:, :step]), decay[:, : chunks - step]], 1)
+            h, decay = doubling_turn(h, decay, step)
             step = step * 2
-        starts, final = torch.cat([state, h[:, :-1]], dim=1), h[:, -1]
-    return starts, final
+    return torch.cat([state, h[:, :-1]], dim=1), h[:, -1]
 
 
 @torch.jit.script
