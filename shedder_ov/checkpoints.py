@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Mamba2Config, MambaConfig
 
 from . import modeling  # noqa: F401  (registers the pruned classes with the Auto classes)
-from .adapters import Candidate, adapter_class_for, adapter_for
+from .adapters import Candidate, FamilyAdapter, adapter_class_for, adapter_for
 from .errors import ShedderError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,6 +54,19 @@ def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
     raise ShedderError(f"{path}: no tokenizer in the folder (set `tokenizer:` in the recipe to a folder or tokenizer.json)")
 
 
+def checkpoint_family(path: str | Path) -> tuple[type[FamilyAdapter], object]:
+    """The adapter class and config of a checkpoint folder, read without loading weights."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ShedderError(f"{path}: not a checkpoint folder (no config.json)")
+    if is_mamba_ssm_folder(path):
+        data = json.loads((path / "config.json").read_text())
+        model_type = "mamba2" if (data.get("ssm_cfg") or {}).get("layer") == "Mamba2" else "mamba"
+        return adapter_class_for(model_type, str(path)), data
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    return adapter_class_for(config.model_type, str(path)), config
+
+
 def load_checkpoint(path: str | Path, dtype: str = "float32", device: str = "cpu"):
     """Load a model of a supported family from a local folder, converting mamba_ssm format."""
     path = Path(path)
@@ -64,9 +77,8 @@ def load_checkpoint(path: str | Path, dtype: str = "float32", device: str = "cpu
     if is_mamba_ssm_folder(path):
         model = _load_mamba_ssm(path)
     else:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        adapter_class_for(config.model_type, str(path))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        adapter_class, _ = checkpoint_family(path)
+        model = adapter_class.load_pretrained(path, DTYPES[dtype])
     return model.to(device=resolve_device(device), dtype=DTYPES[dtype]).eval()
 
 
@@ -151,7 +163,7 @@ def _load_mamba_ssm(path: Path):
 
 
 # ---- removal lists -----------------------------------------------------------------
-def read_removal_list(path: str | Path) -> list[Candidate]:
+def read_removal_list(path: str | Path, adapter: FamilyAdapter) -> list[Candidate]:
     """Candidates from our result.json or a reference pruning_config.json, in removal order."""
     path = Path(path)
     if not path.is_file():
@@ -162,11 +174,9 @@ def read_removal_list(path: str | Path) -> list[Candidate]:
         raise ShedderError(f"{path}: not a JSON file") from None
     if isinstance(data, dict) and isinstance(data.get("removed"), list):
         return [Candidate.parse(entry["candidate"]) for entry in data["removed"]]
-    keys = {"pruned_mamba_block_idx": "mamba_block", "pruned_ssm_idx": "ssm"}
-    found = [Candidate(int(i), kind) for key, kind in keys.items() for i in (data.get(key) or [])]
-    unsupported = [k for k, v in data.items() if k.startswith("pruned_") and k not in keys and v]
-    if unsupported:
-        raise ShedderError(f"{path}: {', '.join(unsupported)} need a hybrid-model adapter (supported here: {', '.join(keys)})")
+    if not isinstance(data, dict) or not any(k.startswith("pruned_") for k in data):
+        raise ShedderError(f"{path}: no removal list found (expected 'removed' or the reference's pruned_* lists)")
+    found = adapter.from_reference(data, str(path))
     if not found:
-        raise ShedderError(f"{path}: no removal list found (expected 'removed' or {', '.join(keys)})")
+        raise ShedderError(f"{path}: the removal list is empty")
     return found

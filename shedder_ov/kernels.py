@@ -123,7 +123,8 @@ def _mamba_ssm_gated_norm():
     fused = _import_past_package_init("mamba_ssm.ops.triton.layernorm_gated").rmsnorm_fn
 
     def gated_norm(norm, y, z):
-        return fused(y, norm.weight, None, z=z, eps=norm.variance_epsilon, norm_before_gate=False)
+        group_size = getattr(norm, "group_size", None)  # Zamba2's norm is grouped; transformers' Mamba-2 one is not
+        return fused(y, norm.weight, None, z=z, eps=norm.variance_epsilon, group_size=group_size, norm_before_gate=False)
 
     return gated_norm
 

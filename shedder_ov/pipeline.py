@@ -7,6 +7,7 @@ killed search resumes from its log; an output dir holding a different run is ref
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,34 +16,42 @@ from rich.console import Console
 from rich.table import Table
 
 from .adapters import Candidate, adapter_for
-from .checkpoints import load_checkpoint, load_tokenizer, read_removal_list, resolve_device
+from .checkpoints import checkpoint_family, load_checkpoint, load_tokenizer, read_removal_list, resolve_device
 from .data import load_windows
 from .errors import ShedderError
 from .io import atomic_dir, read_json, write_json
 from .modeling import REMOTE_CODE_FILES
 from .recipe import EXACT_METHODS, Recipe
-from .search import GreedySearch, PerplexityScorer, SearchLog
+from .search import GreedySearch, PerplexityScorer, SearchLog, Stage
 
 console = Console(stderr=True)
 
 
 def fingerprint(recipe: Recipe) -> dict:
-    """What decides the search's scores (`scoring`) and where it stops (`stop`)."""
+    """What decides the search's scores (`scoring`) and where it stops (`stop`). A single-stage
+    search without channel targets keeps the fingerprint it had before stages existed."""
+    search = recipe.search
     calibration = recipe.calibration.model_dump(mode="json") if recipe.calibration else None
     if calibration:
         calibration["path"] = str(Path(calibration["path"]).resolve())
-    return {
-        "scoring": {
-            "model": str(recipe.model.resolve()),
-            "calibration": calibration,
-            "targets": recipe.search.targets,
-            "dtype": recipe.dtype,
-            "seed": recipe.seed,
-            "apply": str(recipe.search.apply.resolve()) if recipe.search.apply else None,
-            **_method_fingerprint(recipe),
-        },
-        "stop": recipe.search.stop.model_dump() if recipe.search.stop else None,
+    scoring = {
+        "model": str(recipe.model.resolve()),
+        "calibration": calibration,
+        "targets": search.all_targets,
+        "dtype": recipe.dtype,
+        "seed": recipe.seed,
+        "apply": str(search.apply.resolve()) if search.apply else None,
+        **_method_fingerprint(recipe),
     }
+    if search.stages is not None or search.group_size is not None:
+        scoring["stages"] = [s.model_dump(mode="json", include={"targets", "group_size", "channel_order"}) for s in search.staged]
+    if search.unshare:
+        scoring["unshare"] = True
+    if search.stages is not None:
+        stop = [s.stop.model_dump() for s in search.stages]
+    else:
+        stop = search.stop.model_dump() if search.stop else None
+    return {"scoring": scoring, "stop": stop}
 
 
 def _method_fingerprint(recipe: Recipe) -> dict:
@@ -86,13 +95,37 @@ def _check_output(recipe: Recipe, force: bool, resume: bool) -> None:
 
 
 def _removal_from_list(recipe: Recipe, adapter) -> list[Candidate]:
-    removed = read_removal_list(recipe.search.apply)
-    for candidate in removed:
-        adapter.validate(candidate)
+    removed = read_removal_list(recipe.search.apply, adapter)
+    if any(c.kind == "mlp_channels" for c in removed) and adapter.group_size is None:
+        search = recipe.search
+        if search.group_size is None or search.channel_order == "activation":
+            raise ShedderError(
+                f"search.group_size: {search.apply} removes MLP channel groups; give the group_size and the "
+                "channel_order (first or weight_l1) its search used"
+            )
+        adapter.set_channel_groups(search.group_size)
+        adapter.rank_channels(search.channel_order)
+    try:
+        for candidate in removed:
+            adapter.validate(candidate)
+    except ShedderError as error:
+        raise ShedderError(f"search.apply: {recipe.search.apply}: {error}") from None
     wrong = [c.name for c in removed if c.kind not in recipe.search.targets]
     if wrong:
         raise ShedderError(f"search.apply: {recipe.search.apply} removes {wrong[0]}, not among search.targets")
     return removed
+
+
+def search_stages(recipe: Recipe, adapter, scorer: PerplexityScorer) -> list[Stage]:
+    """The recipe's stages as candidate lists; a channel stage ranks its MLPs' channels when it starts."""
+    stages = []
+    for spec in recipe.search.staged:
+        setup = None
+        if "mlp_channels" in spec.targets:
+            adapter.set_channel_groups(spec.group_size)
+            setup = partial(adapter.rank_channels, spec.channel_order, scorer.batches)
+        stages.append(Stage(adapter.candidates(spec.targets), spec.stop, setup))
+    return stages
 
 
 def save_checkpoint(model, tokenizer, target: Path, generation_source: Path | None = None) -> None:
@@ -105,33 +138,40 @@ def save_checkpoint(model, tokenizer, target: Path, generation_source: Path | No
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if getattr(model.config, "auto_map", None):
-            for source in REMOTE_CODE_FILES:
+            for source in REMOTE_CODE_FILES[model.config.model_type.removeprefix("shedder_")]:
                 shutil.copy(source, tmp / source.name)
 
 
 def summary_table(result: dict) -> Table:
     table = Table(title=f"removed {len(result['removed'])} components")
-    for column in ("step", "candidate", "PPL", "Δ PPL %", "params removed"):
+    staged = any(row.get("stage", 1) > 1 for row in result["removed"])
+    for column in ("step", *(["stage"] if staged else []), "candidate", "PPL", "Δ PPL %", "params removed"):
         table.add_column(column, justify="right")
     base = result["ppl_original"]
-    table.add_row("0", "(original)", f"{base:.3f}" if base else "-", "", "0")
+    table.add_row("0", *([""] if staged else []), "(original)", f"{base:.3f}" if base else "-", "", "0")
     for row in result["removed"]:
         ppl = row.get("ppl")
         delta = f"{(ppl / base - 1) * 100:+.2f}" if ppl and base else ""
-        table.add_row(str(row["step"]), row["candidate"], f"{ppl:.3f}" if ppl else "-", delta, f"{row['params_removed']:,}")
-    params = result["params"]
-    table.caption = f"params {params['original']:,} → {params['pruned']:,} (-{(1 - params['pruned'] / params['original']) * 100:.2f}%)"
+        stage = [str(row.get("stage", 1))] if staged else []
+        table.add_row(str(row["step"]), *stage, row["candidate"], f"{ppl:.3f}" if ppl else "-", delta, f"{row['params_removed']:,}")
+    table.caption = "\n".join(
+        f"{label} {p['original']:,} → {p['pruned']:,} (-{(1 - p['pruned'] / p['original']) * 100:.2f}%)"
+        for label, p in (("params", result["params"]), ("unshared", result.get("params_unshared")))
+        if p and (label == "params" or p != {k: result["params"][k] for k in ("original", "pruned")})
+    )
     return table
 
 
 def check_inputs(recipe: Recipe) -> None:
     """Fail on a missing input before loading anything, naming the recipe field."""
     needed = {"model": recipe.model, "tokenizer": recipe.tokenizer, "search.apply": recipe.search.apply}
-    if recipe.search.stop is not None:
+    if recipe.search.apply is None:
         needed["calibration.path"] = recipe.calibration.path
     for field, path in needed.items():
         if path is not None and not path.exists():
             raise ShedderError(f"{field}: {path} not found")
+    adapter_class, config = checkpoint_family(recipe.model)
+    adapter_class.check_search(config, recipe.search)
 
 
 def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict:
@@ -152,7 +192,11 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         windows = load_windows(recipe.calibration, tokenizer, recipe.seed)
     model = load_checkpoint(recipe.model, recipe.dtype, str(device))
     adapter = adapter_for(model, str(recipe.model))
-    original_params = adapter.num_params()
+    stored_before_unshare = adapter.num_params()
+    if recipe.search.unshare:
+        adapter = adapter.unshared()
+        console.print(f"unshare: every invocation owns its block now, {stored_before_unshare:,} → {adapter.num_params():,} parameters stored")
+    original_params, original_unshared = adapter.num_params(), adapter.num_params_unshared()
 
     if recipe.search.apply is not None:
         removed = _removal_from_list(recipe, adapter)
@@ -162,28 +206,28 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         ]
         ppl_original, search_info = None, {"method": "apply", "source": str(recipe.search.apply)}
     else:
-        candidates = adapter.candidates(recipe.search.targets)
         scorer = PerplexityScorer(
             adapter, windows, recipe.calibration.batch_size, device, reuse_prefix=recipe.search.method != "naive"
         )
+        stages = search_stages(recipe, adapter, scorer)
         log = SearchLog(out / "search" / "log.jsonl")
         search = GreedySearch(
             adapter,
             scorer,
-            candidates,
-            recipe.search.stop,
+            stages,
             log,
             method=recipe.search.method,
             halving_keep=recipe.search.halving_keep,
             seed=recipe.seed,
         )
         if log.header() is None:  # only once the stop rule is known to be feasible
-            log.append({"type": "run", "fingerprint": fingerprint(recipe), "candidates": [c.name for c in candidates]})
+            log.append({"type": "run", "fingerprint": fingerprint(recipe), "candidates": [c.name for s in stages for c in s.candidates]})
         found = search.run()
         removed, rows, ppl_original = found.candidates, found.removed, found.ppl_original
         search_info = {
             "method": recipe.search.method,
             "stopped_by": found.stopped_by,
+            "stages": found.stages,
             "evaluations": found.evaluations,
             "evaluated_in_this_run": found.evaluated_now,
             "seconds": round(found.seconds, 2),
@@ -197,15 +241,19 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
     result = {
         "model": str(recipe.model),
         "family": adapter.family,
-        "targets": recipe.search.targets,
+        "targets": recipe.search.all_targets,
         "removed": rows,
         "ppl_original": ppl_original,
         "params": {"original": original_params, "pruned": pruned_params},
+        # shared blocks counted once per use, adapters merged (the reference's count); equal without shared blocks
+        "params_unshared": {"original": original_unshared, "pruned": adapter_for(pruned).num_params_unshared()},
         "layers": {"original": adapter.num_layers, "pruned": pruned.config.num_hidden_layers},
         "pruned_model_type": pruned.config.model_type,
         "search": search_info,
         "fingerprint": fingerprint(recipe),
     }
+    if recipe.search.unshare:
+        result["params"]["stored_before_unshare"] = stored_before_unshare
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     write_json(result_path, result)
     console.print(summary_table(result))

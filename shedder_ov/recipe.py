@@ -9,9 +9,9 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .adapters.components import Target
 from .errors import ShedderError
 
-Granularity = Literal["mamba_block", "ssm"]
 DataFormat = Literal["text", "jsonl", "alpaca"]
 SearchMethod = Literal["fast", "naive", "halving", "shortgpt", "random", "last_k"]
 EXACT_METHODS = ("fast", "naive")
@@ -64,9 +64,48 @@ class StopRule(Strict):
         return self
 
 
+ChannelOrder = Literal["first", "weight_l1", "activation"]
+
+
+class StageSpec(Strict):
+    """One greedy loop: its candidates compete until its stop rule holds; the next stage starts
+    from the model the previous one left."""
+
+    targets: list[Target] = Field(min_length=1)
+    stop: StopRule
+    group_size: int | None = Field(None, gt=0, description="mlp_channels: channels one removal takes from one MLP")
+    channel_order: ChannelOrder = Field(
+        "first",
+        description="which channels an MLP loses first: first (the reference: keep the first N, drop the last "
+        "group), weight_l1 (smallest L1 norm of the channel's weights), activation (smallest mean |activation| "
+        "on the calibration windows)",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _group_size_for_channels(self) -> "StageSpec":
+        if "mlp_channels" in self.targets and self.group_size is None:
+            raise ValueError("mlp_channels needs group_size (channels removed per step)")
+        return self
+
+
 class SearchSpec(Strict):
-    targets: list[Granularity] = Field(default_factory=lambda: ["mamba_block"], min_length=1)
+    targets: list[Target] | None = Field(None, min_length=1, description="single-stage search (default [mamba_block])")
     stop: StopRule | None = None
+    group_size: int | None = Field(None, gt=0, description="single-stage search: as in stages")
+    channel_order: ChannelOrder = "first"
+    stages: list[StageSpec] | None = Field(
+        None, min_length=1, description="staged search: greedy loops run in order, each with its targets and stop rule"
+    )
+    unshare: bool = Field(
+        False,
+        description="hybrids with shared blocks (Zamba2): give every invocation its own copy (adapters merged) "
+        "before searching, as the reference does; needed for per-invocation MLP widths; grows the stored model",
+    )
     method: SearchMethod = Field(
         "fast",
         description="fast/naive: exact greedy (fast batches candidates over the reused residual stream; same "
@@ -79,15 +118,38 @@ class SearchSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _stop_or_apply(self) -> "SearchSpec":
+    def _one_plan(self) -> "SearchSpec":
+        if self.stages is not None:
+            given = [k for k in ("targets", "stop", "apply", "group_size") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"give either stages or {', '.join(given)} (a single-stage search), not both")
+            return self
         if (self.stop is None) == (self.apply is None):
-            raise ValueError("give exactly one of stop (run the search) or apply (a removal list)")
+            raise ValueError("give exactly one of stop (run the search), stages (a staged search) or apply (a removal list)")
+        if self.targets is None:
+            self.targets = ["mamba_block"]
+        if "mlp_channels" in self.targets and self.group_size is None and self.stop is not None:
+            raise ValueError("mlp_channels needs group_size (channels removed per step)")
         return self
 
     @field_validator("targets")
     @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(value))
+
+    @property
+    def staged(self) -> list[StageSpec]:
+        """The search as stages (a single-stage search is one)."""
+        if self.stages is not None:
+            return self.stages
+        return [StageSpec(targets=self.targets, stop=self.stop, group_size=self.group_size, channel_order=self.channel_order)]
+
+    @property
+    def all_targets(self) -> list[str]:
+        """Every target any stage (or the removal list) may remove."""
+        if self.stages is None:
+            return self.targets
+        return list(dict.fromkeys(t for stage in self.stages for t in stage.targets))
 
 
 DEFAULT_DATA_ROOT = Path("../shared/data")
@@ -191,8 +253,8 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _calibration_needed(self) -> "Recipe":
-        if self.search.stop is not None and self.calibration is None:
-            raise ValueError("calibration is required to run the search (search.stop is set)")
+        if self.search.apply is None and self.calibration is None:
+            raise ValueError("calibration is required to run the search (search.stop or search.stages is set)")
         return self
 
 

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from .adapters import MambaFamilyAdapter, adapter_for
+from .adapters import FamilyAdapter, adapter_for
 from .checkpoints import DTYPES, load_checkpoint, load_tokenizer, resolve_device
 from .data import load_windows
 from .errors import ShedderError
@@ -28,14 +28,9 @@ from .training import train
 console = Console(stderr=True)
 
 
-def lora_target_choices(model: nn.Module) -> list[str]:
-    """Names of the linear layers inside the residual blocks, which LoRA can adapt."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.backbone.layers.named_modules() if isinstance(m, nn.Linear)})
-
-
-def lora_targets(adapter: MambaFamilyAdapter, spec: RecoverySpec) -> list[str]:
+def lora_targets(adapter: FamilyAdapter, spec: RecoverySpec) -> list[str]:
     targets = spec.lora.target_modules or list(adapter.lora_targets)
-    valid = lora_target_choices(adapter.model)
+    valid = adapter.lora_target_choices()
     unknown = [t for t in targets if t not in valid]
     if unknown:
         raise ShedderError(
@@ -45,7 +40,7 @@ def lora_targets(adapter: MambaFamilyAdapter, spec: RecoverySpec) -> list[str]:
     return targets
 
 
-def prepare(model: nn.Module, adapter: MambaFamilyAdapter, spec: RecoverySpec) -> nn.Module:
+def prepare(model: nn.Module, adapter: FamilyAdapter, spec: RecoverySpec) -> nn.Module:
     """The module whose trainable parameters are tuned: `model` itself (full), or a PEFT
     wrapper of its residual blocks with LoRA injected in place, so the adapter's forward runs
     through it. PEFT wraps the blocks, not the model, because it refuses LoRA on out_proj for
@@ -62,7 +57,7 @@ def prepare(model: nn.Module, adapter: MambaFamilyAdapter, spec: RecoverySpec) -
         target_modules=lora_targets(adapter, spec),
     )
     model.requires_grad_(False)
-    return get_peft_model(adapter.layers, config)
+    return get_peft_model(adapter.tuned_layers, config)
 
 
 def merged(model: nn.Module, module: nn.Module) -> nn.Module:
@@ -72,7 +67,7 @@ def merged(model: nn.Module, module: nn.Module) -> nn.Module:
     return model
 
 
-def held_out_ppl(adapter: MambaFamilyAdapter, windows: torch.Tensor, batch_size: int, device) -> float:
+def held_out_ppl(adapter: FamilyAdapter, windows: torch.Tensor, batch_size: int, device) -> float:
     return PerplexityScorer(adapter, windows, batch_size, device, reuse_prefix=False).perplexity()
 
 

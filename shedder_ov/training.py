@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .adapters import MambaFamilyAdapter
+from .adapters import FamilyAdapter
 from .io import atomic_file
 from .recipe import RecoverySpec
 
@@ -68,7 +68,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def train(
-    adapter: MambaFamilyAdapter,
+    adapter: FamilyAdapter,
     module: nn.Module,
     windows: torch.Tensor,
     spec: RecoverySpec,

@@ -20,7 +20,7 @@ from shedder_ov.checkpoints import load_checkpoint, read_removal_list
 from shedder_ov.cli import app
 from shedder_ov.data import read_documents
 
-from .conftest import MODELS, REPO, SHARED, TRAIN_TEXT, require
+from .conftest import MODELS, REPO, SHARED, TRAIN_TEXT, require, tiny_model
 
 runner = CliRunner()
 
@@ -156,14 +156,15 @@ def test_apply_removal_lists(tmp_path, tiny_checkpoint):
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "ref" / "pruned")
     assert pruned.config.model_type == "shedder_mamba2" and pruned.config.ssm_removed_layers == [1, 3]
     # our own result.json is a removal list too
-    ours = read_removal_list(tmp_path / "ref" / "search" / "result.json")
+    ours = read_removal_list(tmp_path / "ref" / "search" / "result.json", adapter_for(pruned))
     assert ours == [Candidate(3, "ssm"), Candidate(1, "ssm")]
 
 
 def test_reference_configs_parse():
     configs = SHARED / "data" / "reference-configs"
-    assert len(read_removal_list(require(configs / "mamba2-2.7b.pruning_config.json"))) == 24
-    assert read_removal_list(configs / "mamba-2.8b.pruning_config.json")[0] == Candidate(2, "mamba_block")
+    adapter = adapter_for(tiny_model("mamba2"))
+    assert len(read_removal_list(require(configs / "mamba2-2.7b.pruning_config.json"), adapter)) == 24
+    assert read_removal_list(configs / "mamba-2.8b.pruning_config.json", adapter)[0] == Candidate(2, "mamba_block")
 
 
 def test_mamba_ssm_format_and_published_pruned_checkpoints(tmp_path):
@@ -228,12 +229,14 @@ def test_bad_recipes(tmp_path, tiny_checkpoint):
     _bad(tmp_path, f"model: {tmp_path / 'nope'} not found", **{**base, "model": str(tmp_path / "nope")}, search=stop)
     _bad(tmp_path, "calibration.path: ", **{**base, "calibration": {"path": str(tmp_path / "x.txt")}}, search=stop)
     _bad(tmp_path, "text too short", **{**base, "calibration": {"path": text, "num_samples": 10**6, "seq_len": 512}}, search=stop)
-    _bad(tmp_path, "at most 3 of the 4", **base, search={"targets": ["mamba_block"], "stop": {"num_components": 9}})
+    _bad(tmp_path, "at most 3 removals of the 4", **base, search={"targets": ["mamba_block"], "stop": {"num_components": 9}})
     _bad(tmp_path, "is impossible", **base, search={"targets": ["ssm"], "stop": {"param_reduction_pct": 90}})
     _bad(tmp_path, "exactly one of num_components", **base, search={"stop": {"num_components": 1, "param_reduction_pct": 5}})
-    zamba = str(require(MODELS / "zamba2-tiny"))
-    message = _bad(tmp_path, "unsupported architecture model_type='zamba2'", **{**base, "model": zamba}, search=stop)
-    assert "mamba2" in message and "falcon_mamba" in message
+    _bad(tmp_path, "search.targets: mlp not in a mamba2 model (it has: layer, mamba_block, ssm)", **base,
+         search={"targets": ["mlp"], "stop": {"num_components": 1}})  # fmt: skip
+    hybrid = str(require(MODELS / "falcon-h1-tiny"))
+    message = _bad(tmp_path, "unsupported architecture model_type='falcon_h1'", **{**base, "model": hybrid}, search=stop)
+    assert "mamba2" in message and "zamba2" in message
     assert not (tmp_path / "o" / "pruned").exists()
 
 

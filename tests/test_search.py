@@ -14,7 +14,7 @@ import shedder_ov  # noqa: F401
 from shedder_ov.adapters import adapter_for
 from shedder_ov.kernels import TORCH, kernels_for
 from shedder_ov.recipe import StopRule
-from shedder_ov.search import GreedySearch, PerplexityScorer, SearchLog
+from shedder_ov.search import GreedySearch, PerplexityScorer, SearchLog, Stage
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 pytestmark = pytest.mark.skipif(not (MODELS / "mamba2-tiny").is_dir(), reason="shared models not present")
@@ -35,7 +35,7 @@ def search(adapter, windows, tmp_path, method, targets=("mamba_block",), steps=2
     candidates = [c for c in adapter.candidates(list(targets)) if c.layer % 8 == 1]  # layers 1, 9, 17 keep it fast
     scorer = PerplexityScorer(adapter, windows, batch_size, torch.device("cpu"), reuse_prefix=method != "naive", **kw)
     found = GreedySearch(
-        adapter, scorer, candidates, StopRule(num_components=steps), SearchLog(tmp_path / log), show_progress=False, method=method
+        adapter, scorer, [Stage(candidates, StopRule(num_components=steps))], SearchLog(tmp_path / log), show_progress=False, method=method
     ).run()
     adapter.masked.clear()
     return found

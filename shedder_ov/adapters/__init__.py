@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ..errors import ShedderError
-from .base import GRANULARITIES, Candidate, MambaFamilyAdapter, count_params
+from .base import FamilyAdapter, MambaFamilyAdapter, count_params
+from .components import REPEATABLE, TARGETS, Candidate, Target
 from .mamba import FalconMambaAdapter, MambaAdapter
 from .mamba2 import Mamba2Adapter
+from .zamba2 import Zamba2Adapter
 
-ADAPTERS: dict[str, type[MambaFamilyAdapter]] = {
-    model_type: adapter for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter) for model_type in adapter.model_types
+ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    model_type: adapter for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, Zamba2Adapter) for model_type in adapter.model_types
 }
 
 
@@ -16,7 +18,7 @@ def supported_model_types() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def adapter_class_for(model_type: str, source: str = "model") -> type[MambaFamilyAdapter]:
+def adapter_class_for(model_type: str, source: str = "model") -> type[FamilyAdapter]:
     if model_type not in ADAPTERS:
         raise ShedderError(
             f"{source}: unsupported architecture model_type={model_type!r} (supported: {', '.join(supported_model_types())})"
@@ -24,15 +26,18 @@ def adapter_class_for(model_type: str, source: str = "model") -> type[MambaFamil
     return ADAPTERS[model_type]
 
 
-def adapter_for(model, source: str = "model") -> MambaFamilyAdapter:
+def adapter_for(model, source: str = "model") -> FamilyAdapter:
     return adapter_class_for(model.config.model_type, source)(model)
 
 
 __all__ = [
     "ADAPTERS",
-    "GRANULARITIES",
+    "REPEATABLE",
+    "TARGETS",
     "Candidate",
+    "FamilyAdapter",
     "MambaFamilyAdapter",
+    "Target",
     "adapter_class_for",
     "adapter_for",
     "count_params",

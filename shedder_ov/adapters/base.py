@@ -1,14 +1,15 @@
 """The one interface the search, surgery, export, compression and report stages use.
 
-An adapter wraps a loaded transformers model of one family and knows: its removable
-candidates, how to mask one in place (no weight copies), a fast cache-free forward that
-honours the masks, parameter counts, and how to build the physically smaller model."""
+An adapter wraps a loaded transformers model of one family and knows: its removable candidates
+(in the vocabulary of `components`), how to mask one in place (no weight copies), a fast
+cache-free forward that honours the masks, parameter counts, and how to build the physically
+smaller model. `FamilyAdapter` is the interface; `MambaFamilyAdapter` the Mamba-only families."""
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections import Counter
 from typing import ClassVar
 
 import torch
@@ -17,37 +18,195 @@ from torch import nn
 from ..errors import ShedderError
 from ..kernels import kernels_for
 from ..modeling import PRUNED_CLASSES, auto_map
-
-GRANULARITIES = ("mamba_block", "ssm")
-_NAME = re.compile(r"^layers\.(\d+)\.(block|ssm)$")
+from .components import REPEATABLE, Candidate
 
 
-@dataclass(frozen=True, order=True)
-class Candidate:
-    """A removable component, named by its layer in the model being pruned."""
+def count_params(module: nn.Module | None) -> int:
+    """Parameters of a module, tied tensors counted once."""
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
 
-    layer: int
-    kind: str  # "mamba_block" | "ssm"
 
-    @property
-    def name(self) -> str:
-        return f"layers.{self.layer}.{'block' if self.kind == 'mamba_block' else 'ssm'}"
+def view_module(build, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """`build()` made on the meta device, its parameters then set to `tensors` (views, no copies)."""
+    with torch.device("meta"):
+        view = build()
+    for name, tensor in tensors.items():
+        owner_name, _, attr = name.rpartition(".")
+        setattr(view.get_submodule(owner_name), attr, nn.Parameter(tensor, requires_grad=False))
+    return view
+
+
+class FamilyAdapter(ABC):
+    """What every stage may ask of a family. Masks are a multiset: a repeatable candidate
+    (`mlp_channels`) masked twice has two groups masked."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    targets: ClassVar[tuple[str, ...]]  # the component targets this family has
+    # recovery LoRA's default targets: the paper adapts the mixers' in/out projections
+    lora_targets: ClassVar[tuple[str, ...]] = ("in_proj", "out_proj")
+    group_size: int | None = None  # channels per `mlp_channels` removal, once set
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.masked: Counter[Candidate] = Counter()
 
     @classmethod
-    def parse(cls, name: str) -> "Candidate":
-        match = _NAME.match(name)
-        if not match:
-            raise ShedderError(f"{name!r} is not a candidate name (expected layers.<i>.block or layers.<i>.ssm)")
-        return cls(int(match.group(1)), "mamba_block" if match.group(2) == "block" else "ssm")
+    def load_pretrained(cls, path, dtype: torch.dtype) -> nn.Module:
+        """The model of a checkpoint folder of this family."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+    # ---- structure -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def num_layers(self) -> int:
+        """Residual layers of the model; candidates are named by these indices."""
+
+    @property
+    def stream_width(self) -> int:
+        """Features per token of the stream `embed` returns and `layer_forward` carries."""
+        return self.model.config.hidden_size
+
+    @classmethod
+    def check_targets(cls, targets: list[str], where: str = "search.targets") -> None:
+        unknown = [t for t in targets if t not in cls.targets]
+        if unknown:
+            raise ShedderError(f"{where}: {', '.join(unknown)} not in a {cls.family} model (it has: {', '.join(cls.targets)})")
+
+    @classmethod
+    def check_search(cls, config, search) -> None:
+        """Refuse, from the config alone (no weights loaded), a search this model cannot run."""
+        if search.unshare:
+            cls.check_unshare(config)
+        if search.apply is not None:
+            cls.check_targets(search.targets)
+            return
+        for index, stage in enumerate(search.staged):
+            cls.check_stage(config, stage, "search" if search.stages is None else f"search.stages.{index}", search.unshare)
+
+    @classmethod
+    def check_stage(cls, config, stage, where: str, unshare: bool) -> None:
+        cls.check_targets(stage.targets, f"{where}.targets")
+
+    @classmethod
+    def check_unshare(cls, config) -> None:
+        raise ShedderError(f"search.unshare: a {cls.family} model has no shared blocks to unshare")
+
+    @abstractmethod
+    def candidates(self, targets: list[str]) -> list[Candidate]:
+        """Every removable component of the requested targets, in layer order."""
+
+    @abstractmethod
+    def validate(self, candidate: Candidate) -> None:
+        """Refuse (ShedderError) a candidate this model does not have."""
+
+    @abstractmethod
+    def removes_layer(self, candidate: Candidate) -> bool:
+        """Whether removing `candidate` drops its whole residual layer."""
+
+    def capacity(self, candidate: Candidate) -> int:
+        """How often a candidate can be removed (repeatable ones: groups that may go)."""
+        return 1
+
+    def contains(self, outer: Candidate, inner: Candidate) -> bool:
+        """Whether removing `outer` also removes `inner` (same layer, a part of it)."""
+        return outer.layer == inner.layer and self.removes_layer(outer)
+
+    def available(self, candidate: Candidate, removed: list[Candidate]) -> bool:
+        """Still removable after `removed`; the last whole layer of the model never is."""
+        count = removed.count(candidate)
+        if count >= self.capacity(candidate) or (count and candidate.kind not in REPEATABLE):
+            return False
+        if any(self.contains(gone, candidate) for gone in set(removed) if gone != candidate):
+            return False
+        if self.removes_layer(candidate):
+            gone = {c.layer for c in removed if self.removes_layer(c)}
+            return len(gone) < self.num_layers - 1
+        return True
+
+    # ---- masking -----------------------------------------------------------------
+    def mask(self, candidate: Candidate) -> None:
+        self.validate(candidate)
+        self.masked[candidate] += 1
+
+    def unmask(self, candidate: Candidate) -> None:
+        self.masked[candidate] -= 1
+        if self.masked[candidate] <= 0:
+            del self.masked[candidate]
+
+    def is_masked(self, layer: int, kind: str) -> bool:
+        return Candidate(layer, kind) in self.masked
+
+    # ---- forward -----------------------------------------------------------------
+    @abstractmethod
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The stream entering layer 0 (`stream_width` features per token)."""
+
+    @abstractmethod
+    def layer_forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """One residual layer without cache, honouring the masks."""
+
+    @abstractmethod
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float logits from the stream leaving the last layer."""
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full forward of the (masked) model, fast pure-torch path, no cache."""
+        hidden = self.embed(input_ids)
+        for layer in range(self.num_layers):
+            hidden = self.layer_forward(layer, hidden)
+        return self.head(hidden)
+
+    # ---- sizes ---------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Parameters as stored (shared weights once)."""
+        return count_params(self.model)
+
+    def num_params_unshared(self) -> int:
+        """Parameters with every shared block counted once per use (the reference's count)."""
+        return self.num_params()
+
+    @abstractmethod
+    def removed_params(self, removed: list[Candidate]) -> int:
+        """Parameters that physically removing `removed` deletes."""
+
+    def unshared(self) -> "FamilyAdapter":
+        """An adapter on a copy of the model in which no block is shared (`search.unshare`)."""
+        raise ShedderError(f"search.unshare: a {self.family} model has no shared blocks to unshare")
+
+    def set_channel_groups(self, group_size: int) -> None:
+        """Make `mlp_channels` candidates remove `group_size` channels each."""
+        raise ShedderError(f"mlp_channels: a {self.family} model has no MLPs")
+
+    # ---- surgery -------------------------------------------------------------------
+    @abstractmethod
+    def pruned_model(self, removed: list[Candidate]) -> nn.Module:
+        """A new, physically smaller model without the removed components (weights cloned)."""
+
+    def from_reference(self, data: dict, source: str) -> list[Candidate]:
+        """Candidates of a reference `pruning_config.json` (its `pruned_*` lists)."""
+        keys = {"pruned_mamba_block_idx": "mamba_block", "pruned_ssm_idx": "ssm"}
+        unsupported = [k for k, v in data.items() if k.startswith("pruned_") and k not in keys and v]
+        if unsupported:
+            raise ShedderError(f"{source}: {', '.join(unsupported)} not applicable to a {self.family} model")
+        return [Candidate(int(i), kind) for key, kind in keys.items() for i in (data.get(key) or [])]
+
+    # ---- recovery ------------------------------------------------------------------
+    @property
+    def tuned_layers(self) -> nn.Module:
+        """The module holding the residual layers, which recovery's LoRA wraps."""
+        return self.model.backbone.layers
+
+    def lora_target_choices(self) -> list[str]:
+        """Names of the linear layers inside the residual layers, which LoRA can adapt."""
+        names = {name.rsplit(".", 1)[-1] for name, m in self.tuned_layers.named_modules() if isinstance(m, nn.Linear)}
+        return sorted(n for n in names if not n.isdigit())  # not the positions inside an nn.Sequential
 
 
-def count_params(module: nn.Module) -> int:
-    """Parameters of a module, tied tensors counted once."""
-    return sum(p.numel() for p in module.parameters())
-
-
-class MambaFamilyAdapter(ABC):
-    """Shared mechanics of the Mamba families; subclasses supply the mixer math."""
+class MambaFamilyAdapter(FamilyAdapter):
+    """Shared mechanics of the Mamba-only families; subclasses supply the mixer math."""
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
@@ -57,9 +216,10 @@ class MambaFamilyAdapter(ABC):
     # recovery LoRA's default targets: the paper adapts the mixers' in/out projections
     lora_targets: ClassVar[tuple[str, ...]] = ("in_proj", "out_proj")
 
+    targets = ("layer", "mamba_block", "ssm")
+
     def __init__(self, model: nn.Module):
-        self.model = model
-        self.masked: set[Candidate] = set()
+        super().__init__(model)
         self._ssm_less_views: dict[int, nn.Module] = {}
 
     # ---- structure -------------------------------------------------------------
@@ -75,44 +235,40 @@ class MambaFamilyAdapter(ABC):
         return not isinstance(self.layers[layer].mixer, self.ssm_less_mixer)
 
     def candidates(self, targets: list[str]) -> list[Candidate]:
-        """Every removable component of the requested granularities, in layer order."""
+        """Every removable component of the requested targets, in layer order (a layer here is
+        its Mamba block, so `layer` and `mamba_block` name the same candidates)."""
+        self.check_targets(targets)
         found = []
         for layer in range(self.num_layers):
-            if "mamba_block" in targets:
+            if "mamba_block" in targets or "layer" in targets:
                 found.append(Candidate(layer, "mamba_block"))
             if "ssm" in targets and self.has_ssm(layer):
                 found.append(Candidate(layer, "ssm"))
         return found
 
     def validate(self, candidate: Candidate) -> None:
+        if candidate.kind not in ("mamba_block", "ssm"):
+            raise ShedderError(f"{candidate.name}: a {self.family} model has only blocks and SSMs (layers.<i>.block, layers.<i>.ssm)")
         if candidate.layer >= self.num_layers:
             raise ShedderError(f"{candidate.name}: the model has {self.num_layers} layers (0..{self.num_layers - 1})")
         if candidate.kind == "ssm" and not self.has_ssm(candidate.layer):
             raise ShedderError(f"{candidate.name}: this layer has no SSM left to remove")
 
+    def removes_layer(self, candidate: Candidate) -> bool:
+        return candidate.kind == "mamba_block"
+
     # ---- masking -----------------------------------------------------------------
-    def mask(self, candidate: Candidate) -> None:
-        self.validate(candidate)
-        self.masked.add(candidate)
-
-    def unmask(self, candidate: Candidate) -> None:
-        self.masked.discard(candidate)
-
     def block_masked(self, layer: int) -> bool:
-        return Candidate(layer, "mamba_block") in self.masked
+        return self.is_masked(layer, "mamba_block")
 
     def ssm_masked(self, layer: int) -> bool:
-        return Candidate(layer, "ssm") in self.masked
+        return self.is_masked(layer, "ssm")
 
     def _ssm_less_view(self, layer: int) -> nn.Module:
         """The SSM-less mixer of a layer, its parameters views of the full mixer's weights."""
         if layer not in self._ssm_less_views:
             mixer = self.layers[layer].mixer
-            with torch.device("meta"):
-                view = self.ssm_less_mixer(self.model.config, layer_idx=layer)
-            for name, tensor in self.ssm_less_tensors(mixer).items():
-                owner_name, _, attr = name.rpartition(".")
-                setattr(view.get_submodule(owner_name), attr, nn.Parameter(tensor, requires_grad=False))
+            view = view_module(lambda: self.ssm_less_mixer(self.model.config, layer_idx=layer), self.ssm_less_tensors(mixer))
             if hasattr(view, "norm"):
                 view.norm.variance_epsilon = mixer.norm.variance_epsilon
             self._ssm_less_views[layer] = view
@@ -141,13 +297,6 @@ class MambaFamilyAdapter(ABC):
         hidden = self.model.backbone.norm_f(hidden)
         return self.model.lm_head(hidden.to(self.model.lm_head.weight.dtype)).float()
 
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Full forward of the (masked) model, fast pure-torch path, no cache."""
-        hidden = self.embed(input_ids)
-        for layer in range(self.num_layers):
-            hidden = self.layer_forward(layer, hidden)
-        return self.head(hidden)
-
     @abstractmethod
     def mixer_forward(self, mixer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The full mixer on a whole sequence, from zero state (chunked scan)."""
@@ -157,11 +306,7 @@ class MambaFamilyAdapter(ABC):
         """Views of the weights an SSM-less mixer keeps, by its parameter names."""
 
     # ---- sizes ---------------------------------------------------------------------
-    def num_params(self) -> int:
-        return count_params(self.model)
-
     def removed_params(self, removed: list[Candidate]) -> int:
-        """Parameters that physically removing `removed` deletes."""
         blocks = {c.layer for c in removed if c.kind == "mamba_block"}
         total = sum(count_params(self.layers[i]) for i in blocks)
         for c in removed:
@@ -173,7 +318,6 @@ class MambaFamilyAdapter(ABC):
 
     # ---- surgery -------------------------------------------------------------------
     def pruned_model(self, removed: list[Candidate]) -> nn.Module:
-        """A new, physically smaller model without the removed components (weights cloned)."""
         for candidate in removed:
             self.validate(candidate)
         blocks = {c.layer for c in removed if c.kind == "mamba_block"}

@@ -5,6 +5,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from .configuration_shedder import ShedderFalconMambaConfig, ShedderMamba2Config, ShedderMambaConfig
+from .configuration_shedder_zamba2 import ShedderZamba2Config
 from .modeling_shedder import (
     Mamba2MixerWithoutSSM,
     MambaMixerWithoutSSM,
@@ -12,14 +13,19 @@ from .modeling_shedder import (
     ShedderMamba2ForCausalLM,
     ShedderMambaForCausalLM,
 )
+from .modeling_shedder_zamba2 import ShedderZamba2ForCausalLM, Zamba2MixerWithoutSSM
 
-# The two files written into every pruned checkpoint so it loads without this package.
-REMOTE_CODE_FILES = [Path(__file__).with_name("configuration_shedder.py"), Path(__file__).with_name("modeling_shedder.py")]
+_MAMBA_FILES = [Path(__file__).with_name("configuration_shedder.py"), Path(__file__).with_name("modeling_shedder.py")]
+_ZAMBA2_FILES = [Path(__file__).with_name("configuration_shedder_zamba2.py"), Path(__file__).with_name("modeling_shedder_zamba2.py")]
+
+# Per family, the two files (config, modeling) written into its checkpoints so they load without this package.
+REMOTE_CODE_FILES = {"mamba": _MAMBA_FILES, "falcon_mamba": _MAMBA_FILES, "mamba2": _MAMBA_FILES, "zamba2": _ZAMBA2_FILES}
 
 PRUNED_CLASSES = {
     "mamba": (ShedderMambaConfig, ShedderMambaForCausalLM),
     "falcon_mamba": (ShedderFalconMambaConfig, ShedderFalconMambaForCausalLM),
     "mamba2": (ShedderMamba2Config, ShedderMamba2ForCausalLM),
+    "zamba2": (ShedderZamba2Config, ShedderZamba2ForCausalLM),
 }
 
 for _config_class, _model_class in PRUNED_CLASSES.values():
@@ -29,9 +35,10 @@ for _config_class, _model_class in PRUNED_CLASSES.values():
 
 def auto_map(family: str) -> dict[str, str]:
     config_class, model_class = PRUNED_CLASSES[family]
+    config_file, modeling_file = REMOTE_CODE_FILES[family]
     return {
-        "AutoConfig": f"configuration_shedder.{config_class.__name__}",
-        "AutoModelForCausalLM": f"modeling_shedder.{model_class.__name__}",
+        "AutoConfig": f"{config_file.stem}.{config_class.__name__}",
+        "AutoModelForCausalLM": f"{modeling_file.stem}.{model_class.__name__}",
     }
 
 
@@ -40,5 +47,8 @@ __all__ = [
     "REMOTE_CODE_FILES",
     "Mamba2MixerWithoutSSM",
     "MambaMixerWithoutSSM",
+    "ShedderZamba2Config",
+    "ShedderZamba2ForCausalLM",
+    "Zamba2MixerWithoutSSM",
     "auto_map",
 ]

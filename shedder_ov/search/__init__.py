@@ -1,7 +1,7 @@
 """Mamba-Shedder search: greedy removal of the component whose masking hurts PPL least."""
 
-from .greedy import GreedySearch, SearchResult
+from .greedy import GreedySearch, SearchResult, Stage
 from .log import SearchLog
 from .scorer import PerplexityScorer
 
-__all__ = ["GreedySearch", "PerplexityScorer", "SearchLog", "SearchResult"]
+__all__ = ["GreedySearch", "PerplexityScorer", "SearchLog", "SearchResult", "Stage"]

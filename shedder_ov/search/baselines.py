@@ -1,8 +1,8 @@
 """Fixed removal orders to compare the greedy search against (one-shot, no re-scoring).
 
 shortgpt: ShortGPT's block influence, 1 − cos(input, output) of each block averaged over the
-calibration tokens, lowest first; for an SSM candidate, 1 − cos(block output, block output
-without its SSM). random: a seeded permutation. last_k: the deepest layers first."""
+calibration tokens, lowest first; for a part of a layer, 1 − cos(layer output, layer output
+without that part). random: a seeded permutation. last_k: the deepest layers first."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from ..adapters import Candidate
+from ..adapters import TARGETS, Candidate
 from .scorer import PerplexityScorer
 
 
@@ -27,12 +27,9 @@ def block_influence(scorer: PerplexityScorer, candidates: list[Candidate]) -> li
         for layer in range(adapter.num_layers):
             out = adapter.layer_forward(layer, hidden)
             for i in by_layer.get(layer, []):
-                if candidates[i].kind == "mamba_block":
-                    other = hidden
-                else:
-                    adapter.mask(candidates[i])
-                    other = adapter.layer_forward(layer, hidden)
-                    adapter.unmask(candidates[i])
+                adapter.mask(candidates[i])
+                other = adapter.layer_forward(layer, hidden)
+                adapter.unmask(candidates[i])
                 sums[i] += (1 - F.cosine_similarity(out.float(), other.float(), dim=-1)).sum().double()
             hidden = out
     tokens = sum(b.numel() for b in scorer.batches)
@@ -51,7 +48,7 @@ def random_order(scorer: PerplexityScorer, candidates: list[Candidate], seed: in
 
 
 def last_k_order(scorer: PerplexityScorer, candidates: list[Candidate], seed: int) -> list[Candidate]:
-    return sorted(candidates, key=lambda c: (-c.layer, c.kind != "mamba_block"))
+    return sorted(candidates, key=lambda c: (-c.layer, TARGETS.index(c.kind), c.index))
 
 
 BASELINES = {"shortgpt": shortgpt_order, "random": random_order, "last_k": last_k_order}

@@ -14,9 +14,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..adapters import MambaFamilyAdapter
+from ..adapters import FamilyAdapter
 from ..recipe import StopRule
-from .greedy import GreedySearch
+from .greedy import GreedySearch, Stage
 from .log import SearchLog
 from .scorer import PerplexityScorer
 
@@ -27,7 +27,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_method(
-    adapter: MambaFamilyAdapter,
+    adapter: FamilyAdapter,
     windows: torch.Tensor,
     batch_size: int,
     device: torch.device,
@@ -46,8 +46,7 @@ def bench_method(
         search = GreedySearch(
             adapter,
             scorer,
-            adapter.candidates(targets),
-            StopRule(num_components=steps),
+            [Stage(adapter.candidates(targets), StopRule(num_components=steps))],
             SearchLog(Path(tmp) / "log.jsonl"),
             show_progress=False,
             method=method,

@@ -1,9 +1,15 @@
 """The iterative greedy search of Mamba-Shedder, and the same loop for the other methods.
 
 Each step masks every remaining candidate in turn, scores the calibration PPL, and removes
-the candidate with the lowest PPL (ties: the earlier candidate). Every evaluation goes to the
-log as it happens; evaluations found in the log are not redone, so a killed run resumes and
-ends with the identical result.
+the candidate with the lowest PPL (ties: the earlier candidate). A search is a list of stages
+(the reference prunes Zamba2 in three: blocks, then MLP channels, then SSMs), each its own
+greedy loop with its own candidates and stop rule, starting from the model the stage before it
+left; steps are numbered across stages. Every evaluation goes to the log as it happens;
+evaluations found in the log are not redone, so a killed run resumes and ends with the identical
+result.
+
+Stop rules: `num_components` counts the stage's own removals; `param_reduction_pct` the whole
+model's reduction so far; `max_ppl_increase_pct` is measured against the original model's PPL.
 
 `halving` (approximate) scores all candidates on the first batches only and re-scores the
 best fraction on twice as many, until the survivors are scored on all batches. The baselines
@@ -14,11 +20,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..adapters import Candidate, MambaFamilyAdapter
+from ..adapters import Candidate, FamilyAdapter
 from ..errors import ShedderError
 from ..recipe import StopRule
 from .baselines import BASELINES
@@ -27,9 +34,20 @@ from .scorer import PerplexityScorer
 
 
 @dataclass
+class Stage:
+    """One greedy loop; `setup` runs when the stage starts (e.g. ranks MLP channels on the
+    model the earlier stages left)."""
+
+    candidates: list[Candidate]
+    stop: StopRule
+    setup: Callable[[], None] | None = None
+
+
+@dataclass
 class SearchResult:
     ppl_original: float
-    removed: list[dict] = field(default_factory=list)  # {step, candidate, ppl, params_removed}
+    removed: list[dict] = field(default_factory=list)  # {step, stage, candidate, ppl, params_removed}
+    stages: list[dict] = field(default_factory=list)  # {stage, steps, stopped_by}
     evaluations: int = 0
     evaluated_now: int = 0
     seconds: float = 0.0
@@ -40,70 +58,70 @@ class SearchResult:
         return [Candidate.parse(r["candidate"]) for r in self.removed]
 
 
-def max_steps(adapter: MambaFamilyAdapter, candidates: list[Candidate]) -> int:
-    """Components that can be removed while at least one block remains."""
-    blocks = sum(c.kind == "mamba_block" for c in candidates)
-    return len(candidates) - (1 if blocks == adapter.num_layers else 0)
+def most_removable(adapter: FamilyAdapter, candidates: list[Candidate]) -> list[Candidate]:
+    """The largest removal these candidates allow: every part as often as it can go, every
+    whole layer but the smallest when they are all candidates (one layer must stay)."""
+    whole = sorted((c for c in candidates if adapter.removes_layer(c)), key=lambda c: adapter.removed_params([c]))
+    keep_one = len({c.layer for c in whole}) == adapter.num_layers
+    parts = [c for c in candidates if not adapter.removes_layer(c) for _ in range(adapter.capacity(c))]
+    return parts + whole[1 if keep_one else 0 :]
 
 
 class GreedySearch:
     def __init__(
         self,
-        adapter: MambaFamilyAdapter,
+        adapter: FamilyAdapter,
         scorer: PerplexityScorer,
-        candidates: list[Candidate],
-        stop: StopRule,
+        stages: list[Stage],
         log: SearchLog,
         show_progress: bool = True,
         method: str = "fast",
         halving_keep: float = 0.25,
         seed: int = 42,
     ):
-        self.adapter, self.scorer, self.candidates, self.stop, self.log = adapter, scorer, candidates, stop, log
+        self.adapter, self.scorer, self.stages, self.log = adapter, scorer, stages, log
         self.show_progress = show_progress
         self.method, self.halving_keep, self.seed = method, halving_keep, seed
         self._order: list[Candidate] | None = None
         self.original_params = adapter.num_params()
-        self._check_feasible()
+        for index in range(len(stages)):
+            self._check_feasible(index)
 
-    def _check_feasible(self) -> None:
-        limit = max_steps(self.adapter, self.candidates)
-        if self.stop.num_components is not None and self.stop.num_components > limit:
-            raise ShedderError(
-                f"search.stop.num_components: {self.stop.num_components} requested, at most {limit} of the "
-                f"{len(self.candidates)} candidates can be removed"
-            )
-        if self.stop.param_reduction_pct is not None:
-            ssms = [c for c in self.candidates if c.kind == "ssm"]
-            blocks = sorted(
-                (c for c in self.candidates if c.kind == "mamba_block"), key=lambda c: self.adapter.removed_params([c])
-            )
-            most = self.adapter.removed_params(ssms + blocks[1:]) / self.original_params * 100
-            if self.stop.param_reduction_pct > most:
+    def _where(self, index: int) -> str:
+        return "search.stop" if len(self.stages) == 1 else f"search.stages.{index}.stop"
+
+    def _check_feasible(self, index: int) -> None:
+        stage, adapter = self.stages[index], self.adapter
+        stop, where = stage.stop, self._where(index)
+        if stop.num_components is not None:
+            limit = len(most_removable(adapter, stage.candidates))
+            if stop.num_components > limit:
                 raise ShedderError(
-                    f"search.stop.param_reduction_pct: {self.stop.param_reduction_pct}% is impossible with targets "
-                    f"{sorted({c.kind for c in self.candidates})}: at most {most:.1f}% of the parameters are removable"
+                    f"{where}.num_components: {stop.num_components} requested, at most {limit} removals of the "
+                    f"{len(stage.candidates)} candidates are possible"
+                )
+        if stop.param_reduction_pct is not None:
+            reachable = [c for earlier in self.stages[: index + 1] for c in earlier.candidates]
+            most = adapter.removed_params(most_removable(adapter, reachable)) / self.original_params * 100
+            if stop.param_reduction_pct > most:
+                kinds = sorted({c.kind for c in reachable})
+                raise ShedderError(
+                    f"{where}.param_reduction_pct: {stop.param_reduction_pct}% is impossible with targets "
+                    f"{kinds}: at most {most:.1f}% of the parameters are removable"
                 )
 
-    def _remaining(self, removed: list[Candidate]) -> list[Candidate]:
-        """Candidates still present; the last block of the model is never a candidate."""
-        gone_blocks = {c.layer for c in removed if c.kind == "mamba_block"}
-        last_block = len(gone_blocks) == self.adapter.num_layers - 1
-        return [
-            c
-            for c in self.candidates
-            if c not in removed and c.layer not in gone_blocks and not (last_block and c.kind == "mamba_block")
-        ]
+    def _remaining(self, stage: Stage, removed: list[Candidate]) -> list[Candidate]:
+        return [c for c in stage.candidates if self.adapter.available(c, removed)]
 
-    def _done(self, removed: list[Candidate], remaining: list[Candidate]) -> str:
+    def _done(self, stop: StopRule, in_stage: int, removed: list[Candidate], remaining: list[Candidate]) -> str:
         if not remaining:
             return "no candidates left"
-        if self.stop.num_components is not None and len(removed) >= self.stop.num_components:
-            return f"{self.stop.num_components} components removed"
-        if self.stop.param_reduction_pct is not None:
+        if stop.num_components is not None and in_stage >= stop.num_components:
+            return f"{stop.num_components} components removed"
+        if stop.param_reduction_pct is not None:
             share = self.adapter.removed_params(removed) / self.original_params * 100
-            if share >= self.stop.param_reduction_pct:
-                return f"{share:.2f}% of parameters removed (target {self.stop.param_reduction_pct}%)"
+            if share >= stop.param_reduction_pct:
+                return f"{share:.2f}% of parameters removed (target {stop.param_reduction_pct}%)"
         return ""
 
     def _evaluate(self, step: int, candidate: Candidate | None, known: dict, result: SearchResult) -> float:
@@ -145,16 +163,16 @@ class GreedySearch:
         for task in self._tasks:
             self._progress.advance(task, n)
 
-    def _choose(self, step: int, remaining: list[Candidate], known: dict, result: SearchResult) -> tuple[float, Candidate]:
+    def _choose(self, step: int, stage: Stage, remaining: list[Candidate], known: dict, result: SearchResult) -> tuple[float, Candidate]:
         if self.method in ("fast", "naive"):
             scores = self._evaluate_many(step, remaining, known, result)
             return min(zip(scores, remaining), key=lambda s: s[0])  # min keeps the first of equal scores
         if self.method == "halving":
             return self._choose_halving(step, remaining, known, result)
         if self._order is None:
-            self._order = BASELINES[self.method](self.scorer, self.candidates, self.seed)
-            if not any(r.get("type") == "order" for r in self.log.records):
-                self.log.append({"type": "order", "method": self.method, "order": [c.name for c in self._order]})
+            self._order = BASELINES[self.method](self.scorer, stage.candidates, self.seed)
+            if not any(r.get("type") == "order" and r.get("step", 1) == step for r in self.log.records):
+                self.log.append({"type": "order", "method": self.method, "step": step, "order": [c.name for c in self._order]})
         best = next(c for c in self._order if c in remaining)
         self._advance(len(remaining) - 1)
         return self._evaluate_many(step, [best], known, result)[0], best
@@ -192,42 +210,52 @@ class GreedySearch:
         result = SearchResult(ppl_original=0.0)
         self.scorer.rebase(0)
         result.ppl_original = self._evaluate(0, None, known, result)
-        budget = (
-            result.ppl_original * (1 + self.stop.max_ppl_increase_pct / 100)
-            if self.stop.max_ppl_increase_pct is not None
-            else float("inf")
-        )
         removed: list[Candidate] = []
-        planned = self.stop.num_components
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, disable=not self.show_progress, transient=False) as progress:
-            total = sum(len(self.candidates) - k for k in range(planned)) if planned else None
-            overall = progress.add_task("search (steps × candidates)", total=total)
+            planned = [s.stop.num_components for s in self.stages]
+            total = sum(len(s.candidates) - k for s, n in zip(self.stages, planned) for k in range(n)) if all(planned) else None
+            self._overall = progress.add_task("search (steps × candidates)", total=total)
             self._progress = progress
-            step = 1
-            while True:
-                remaining = self._remaining(removed)
-                result.stopped_by = self._done(removed, remaining)
-                if result.stopped_by:
-                    break
-                task = progress.add_task(f"step {step}", total=len(remaining))
-                self._tasks = (task, overall)
-                best_ppl, best = self._choose(step, remaining, known, result)
-                progress.remove_task(task)
-                if best_ppl > budget:
-                    result.stopped_by = f"next removal would exceed the PPL budget ({best_ppl:.3f} > {budget:.3f})"
-                    break
-                self.adapter.mask(best)
-                removed.append(best)
-                self.scorer.rebase(best.layer)
-                result.removed.append(
-                    {
-                        "step": step,
-                        "candidate": best.name,
-                        "ppl": best_ppl,
-                        "params_removed": self.adapter.removed_params(removed),
-                    }
-                )
-                step += 1
+            for index, stage in enumerate(self.stages):
+                self._run_stage(index, stage, removed, known, result)
+        result.stopped_by = result.stages[-1]["stopped_by"]
         result.seconds = time.perf_counter() - started
         return result
+
+    def _run_stage(self, index: int, stage: Stage, removed: list[Candidate], known: dict, result: SearchResult) -> None:
+        """One greedy loop, appending its removals to `removed` and `result`."""
+        if stage.setup is not None:
+            stage.setup()
+        self._order = None
+        stop = stage.stop
+        budget = (
+            result.ppl_original * (1 + stop.max_ppl_increase_pct / 100) if stop.max_ppl_increase_pct is not None else float("inf")
+        )
+        step, in_stage = len(removed) + 1, 0
+        while True:
+            remaining = self._remaining(stage, removed)
+            stopped_by = self._done(stop, in_stage, removed, remaining)
+            if stopped_by:
+                break
+            task = self._progress.add_task(f"step {step}" + (f" (stage {index + 1})" if len(self.stages) > 1 else ""), total=len(remaining))
+            self._tasks = (task, self._overall)
+            best_ppl, best = self._choose(step, stage, remaining, known, result)
+            self._progress.remove_task(task)
+            if best_ppl > budget:
+                stopped_by = f"next removal would exceed the PPL budget ({best_ppl:.3f} > {budget:.3f})"
+                break
+            self.adapter.mask(best)
+            removed.append(best)
+            self.scorer.rebase(best.layer)
+            result.removed.append(
+                {
+                    "step": step,
+                    "stage": index + 1,
+                    "candidate": best.name,
+                    "ppl": best_ppl,
+                    "params_removed": self.adapter.removed_params(removed),
+                }
+            )
+            step, in_stage = step + 1, in_stage + 1
+        result.stages.append({"stage": index + 1, "steps": in_stage, "stopped_by": stopped_by})

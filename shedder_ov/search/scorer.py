@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..adapters import Candidate, MambaFamilyAdapter
+from ..adapters import Candidate, FamilyAdapter
 
 # activations one layer forward holds per element of the residual stream (in_proj, conv, scan)
 _LAYER_WORKSPACE = 16
@@ -28,7 +28,7 @@ _LAYER_WORKSPACE = 16
 class PerplexityScorer:
     def __init__(
         self,
-        adapter: MambaFamilyAdapter,
+        adapter: FamilyAdapter,
         windows: torch.Tensor,
         batch_size: int,
         device: torch.device,
@@ -39,7 +39,7 @@ class PerplexityScorer:
         self.adapter = adapter
         self.batches = [b.to(device) for b in windows.split(batch_size)]
         self.reuse_prefix = reuse_prefix
-        hidden = adapter.model.config.hidden_size
+        hidden = adapter.stream_width
         bytes_per_layer = windows.numel() * hidden * 4
         self.stride = max(1, math.ceil(adapter.num_layers * bytes_per_layer / cache_budget_bytes))
         if group_budget_bytes is None:
