@@ -11,7 +11,8 @@ compiles the same ov.Model once per shape it is fed:
   1.35–1.6x faster and bound activation memory), any remainder on the dynamic compile.
 
 The recurrent state follows the calls: when the next call runs on another compilation, its
-variables are copied over (a few MB). A stateless IR runs whole calls on the dynamic compile."""
+variables are copied over (a few MB; a Zamba2 KV cache, of whatever length it has grown to, goes
+the same way). A stateless IR runs whole calls on the dynamic compile."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def ir_feeds(input_names: set[str], ids: np.ndarray, past: int = 0) -> dict[str,
 
 
 def with_static_shape(model, batch: int, length: int):
-    """A copy of `model` for inputs of exactly [batch, length], its state variables included."""
+    """A copy of `model` for inputs of exactly [batch, length], its state variables' batch included
+    (a KV cache variable keeps its dynamic length: it grows by `length` each call)."""
     static = model.clone()
     names = {port.any_name for port in model.inputs}
     static.reshape({name: feed.shape for name, feed in ir_feeds(names, np.zeros((batch, length), np.int64)).items()})
@@ -118,7 +120,9 @@ class StatefulIR:
         if device.split(".")[0] not in {d.split(".")[0] for d in self.core.available_devices}:
             raise ShedderError(f"device: {device} not available (available: {', '.join(self.core.available_devices)})")
         self.device = device
-        self.properties = {"INFERENCE_PRECISION_HINT": precision, **(config or {})}
+        # KV caches (Zamba2's attention, fused into the CPU plugin's SDPA) are kept at the inference
+        # precision, as the recurrent states are (the plugin's default would be f16)
+        self.properties = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": precision, **(config or {})}
         self.requests: dict = {}
         self.live = None  # the request whose variables hold the current state
         self.past = 0

@@ -172,8 +172,8 @@ def test_corrupted_ir_and_unsupported_family(exported, tmp_path):
     with pytest.raises(ShedderError, match="not an OpenVINO IR folder"):
         StatefulIR(broken)
     with pytest.raises(ShedderError, match="unsupported architecture"):
-        export_checkpoint(require(MODELS / "zamba2-tiny"), tmp_path / "zamba")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "zamba").exists()
+        export_checkpoint(require(MODELS / "falcon-h1-tiny"), tmp_path / "hybrid")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "hybrid").exists()
 
 
 def test_cli_one_line_error(tmp_path):

@@ -1,10 +1,12 @@
 """OpenVINO export configs, registered with optimum-intel's TasksManager for every family we
-export: the stock mamba / falcon_mamba entries are replaced (their graph is slow and inexact
-on long prompts, and capped at transformers 5.3), mamba2 and our pruned types are added."""
+export: the stock mamba / falcon_mamba / zamba2 entries are replaced (their graphs are slow and
+inexact on long prompts, Zamba2's is wrong on OpenVINO >= 2026.1, all are capped at older
+transformers), mamba2 and our pruned types are added. One config class serves every family;
+what differs (the traced graph, the per-layer states) comes from `FAMILY_EXPORTS`."""
 
 from __future__ import annotations
 
-import inspect
+from typing import Callable, NamedTuple
 
 from optimum.exporters.openvino import utils as ov_export_utils
 from optimum.exporters.openvino.model_configs import TextDecoderOpenVINOConfig
@@ -13,11 +15,33 @@ from optimum.utils.input_generators import DummyInputGenerator, DummyTextInputGe
 from optimum.utils.normalized_config import NormalizedTextConfig
 
 from ..adapters import adapter_class_for, supported_model_types
+from . import graph, graph_zamba2, states
 from .patchers import ShedderMambaPatcher
-from .states import state_names, state_shapes
 
 TASKS = ("text-generation", "text-generation-with-past")
 TESTED_TRANSFORMERS = "5.5.4"
+DUMMY_PAST = 2  # traced KV states hold a few past tokens, so the IR keeps their length dynamic
+
+
+class FamilyExport(NamedTuple):
+    graph: Callable  # forward_with_states(adapter, input_ids, attention_mask, states) -> logits, new states
+    states: Callable  # (config, batch, past) -> per layer {kind: shape}, in the graph's order
+
+
+FAMILY_EXPORTS = {
+    "mamba": FamilyExport(graph.forward_with_states, states.mamba_states),
+    "falcon_mamba": FamilyExport(graph.forward_with_states, states.mamba_states),
+    "mamba2": FamilyExport(graph.forward_with_states, states.mamba2_states),
+    "zamba2": FamilyExport(graph_zamba2.forward_with_states, states.zamba2_states),
+}
+
+
+def family_export(config) -> FamilyExport:
+    return FAMILY_EXPORTS[adapter_class_for(config.model_type).family]
+
+
+def layer_states(config, batch: int = 1, past: int = 0) -> list[dict[str, list[int]]]:
+    return family_export(config).states(config, batch, past)
 
 
 class MambaStateDummyInputGenerator(DummyInputGenerator):
@@ -30,7 +54,7 @@ class MambaStateDummyInputGenerator(DummyInputGenerator):
         self.batch_size = batch_size
 
     def generate(self, input_name, framework="pt", int_dtype="int64", float_dtype="fp32"):
-        shapes = [layer[kind] for layer in state_shapes(self.config, self.batch_size) for kind in ("ssm", "conv") if kind in layer]
+        shapes = [shape for layer in layer_states(self.config, self.batch_size, DUMMY_PAST) for shape in layer.values()]
         return [self.random_float_tensor(shape, framework=framework, dtype=float_dtype) for shape in shapes]
 
 
@@ -41,13 +65,14 @@ class ShedderMambaOpenVINOConfig(TextDecoderOpenVINOConfig):
     MAX_TRANSFORMERS_VERSION = TESTED_TRANSFORMERS
     _MODEL_PATCHER = ShedderMambaPatcher
 
+    @property
+    def family(self) -> FamilyExport:
+        return family_export(self._normalized_config.config)
+
     def input_order(self) -> list[str]:
-        """The inputs in the order of the model's own forward signature: optimum-intel's trace
-        wrapper binds the example inputs positionally by that signature."""
-        names = ["input_ids", "attention_mask"] + (["cache_params"] if self.use_past_in_inputs else [])
-        model_class = adapter_class_for(self._normalized_config.config.model_type).base_model_class
-        order = list(inspect.signature(model_class.forward).parameters)
-        return sorted(names, key=order.index)
+        """The traced inputs, in the order of the patcher's forward signature (optimum-intel
+        binds the example inputs positionally by it)."""
+        return ["input_ids", "attention_mask"] + (["cache_params"] if self.use_past_in_inputs else [])
 
     @property
     def inputs(self):
@@ -61,8 +86,8 @@ class ShedderMambaOpenVINOConfig(TextDecoderOpenVINOConfig):
 
     def add_past_key_values(self, inputs_or_outputs, direction):
         kind = "past" if direction == "inputs" else "present"
-        for name, _ in state_names(self._normalized_config.config, kind):
-            inputs_or_outputs[name] = {0: "batch_size"}
+        for name, state in states.state_names(layer_states(self._normalized_config.config), kind):
+            inputs_or_outputs[name] = states.dynamic_axes(state, kind)
 
     def generate_dummy_inputs(self, framework="pt", **kwargs):
         generators = self._create_dummy_input_generator_classes(**kwargs)
@@ -74,9 +99,11 @@ class ShedderMambaOpenVINOConfig(TextDecoderOpenVINOConfig):
 
 
 def register() -> None:
-    """Register the config for every model type an adapter handles (idempotent)."""
+    """Register the config for every model type an adapter handles in a family we export (idempotent)."""
     register_in_tasks_manager = TasksManager.create_register("openvino", overwrite_existing=True)
     for model_type in supported_model_types():
+        if adapter_class_for(model_type).family not in FAMILY_EXPORTS:
+            continue
         if model_type not in ov_export_utils.SSM_MODELS:  # stateful SSM handling + OVModelWithMambaForCausalLM
             ov_export_utils.SSM_MODELS.append(model_type)
         register_in_tasks_manager(model_type, *TASKS, library_name="transformers")(ShedderMambaOpenVINOConfig)

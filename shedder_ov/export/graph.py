@@ -156,15 +156,17 @@ def mamba_ssm_less_mixer(adapter, mixer, hidden, mask, conv_state):
     return mixer.out_proj(mixer.act(x) * mixer.act(z)), conv_state
 
 
-def mamba2_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
-    """Mamba-2 mixer: conv over [x, B, C], chunked SSD / one step, gated RMSNorm."""
+def mamba2_mixer(mixer, hidden, mask, conv_state, ssm_state, dt_range):
+    """The Mamba-2 mixer (of Mamba-2 and Zamba2 layers): conv over [x, B, C], chunked SSD / one
+    step, the mixer's own gated RMSNorm; dt is clamped to `dt_range`, where the families differ."""
     batch = hidden.shape[0]
     groups, state = mixer.n_groups, mixer.ssm_state_size
-    z, xBC, dt = adapter.split_projection(mixer, mixer.in_proj(hidden * mask[..., None]))
+    projected = mixer.in_proj(hidden * mask[..., None])
+    z, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
     xBC, conv_state = causal_conv(mixer.conv1d, xBC, conv_state)
     xBC = mixer.act(xBC) * mask[..., None]
     x, B, C = xBC.split([mixer.intermediate_size, groups * state, groups * state], dim=-1)
-    dt = torch.clamp(F.softplus(dt + mixer.dt_bias), mixer.time_step_limit[0], mixer.time_step_limit[1])
+    dt = torch.clamp(F.softplus(dt + mixer.dt_bias), dt_range[0], dt_range[1])
     x = x.reshape(batch, -1, mixer.num_heads, mixer.head_dim)
     y, ssm_state = ssd_update(
         x,
@@ -179,16 +181,22 @@ def mamba2_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
     return mixer.out_proj(mixer.norm(y, z).to(hidden.dtype)), conv_state, ssm_state
 
 
-def mamba2_ssm_less_mixer(adapter, mixer, hidden, mask, conv_state):
-    """Mamba-2 mixer without SSM: gated_rmsnorm(act(conv(x)), z)."""
+def mamba2_ssm_less_mixer(mixer, hidden, mask, conv_state):
+    """The Mamba-2 mixer without SSM (Mamba-2 and Zamba2): gated_rmsnorm(act(conv(x)), z)."""
     z, x = mixer.in_proj(hidden * mask[..., None]).chunk(2, dim=-1)
     x, conv_state = causal_conv(mixer.conv1d, x, conv_state)
     x = mixer.act(x) * mask[..., None]
     return mixer.out_proj(mixer.norm(x, z).to(hidden.dtype)), conv_state
 
 
-MIXERS = {"mamba": (mamba_mixer, mamba_ssm_less_mixer), "falcon_mamba": (mamba_mixer, mamba_ssm_less_mixer)}
-MIXERS["mamba2"] = (mamba2_mixer, mamba2_ssm_less_mixer)
+MIXERS = {
+    "mamba": (mamba_mixer, mamba_ssm_less_mixer),
+    "falcon_mamba": (mamba_mixer, mamba_ssm_less_mixer),
+    "mamba2": (  # Mamba-2 clamps dt to the config's time_step_limit
+        lambda adapter, mixer, *io: mamba2_mixer(mixer, *io, dt_range=mixer.time_step_limit),
+        lambda adapter, mixer, *io: mamba2_ssm_less_mixer(mixer, *io),
+    ),
+}
 
 
 def forward_with_states(adapter, input_ids, attention_mask, states):

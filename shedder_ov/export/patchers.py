@@ -1,31 +1,30 @@
-"""Model patcher: during tracing, the model's forward becomes `graph.forward_with_states`
-on explicit per-layer states, which optimum-intel then hides as OpenVINO state variables."""
+"""Model patcher: during tracing, the model's forward becomes the family's graph
+(`graph.forward_with_states`, `graph_zamba2.forward_with_states`) on explicit per-layer
+states, which optimum-intel then hides as OpenVINO state variables."""
 
 from __future__ import annotations
-
-import inspect
 
 from optimum.exporters.openvino.model_patcher import ModelPatcher
 
 from ..adapters import adapter_for
-from .graph import forward_with_states
 
 
 class ShedderMambaPatcher(ModelPatcher):
-    """One patcher for every family: the adapter supplies the family's mixer details."""
+    """One patcher for every family: the config supplies the family's graph, the adapter the
+    family's details."""
 
     def __init__(self, config, model, model_kwargs=None):
         super().__init__(config, model, model_kwargs)
-        adapter = adapter_for(model)
+        adapter, graph = adapter_for(model), config.family.graph
 
         def patched_forward(input_ids, attention_mask, cache_params):
-            logits, present = forward_with_states(adapter, input_ids, attention_mask, cache_params)
+            logits, present = graph(adapter, input_ids, attention_mask, cache_params)
             return {"logits": logits, "cache_params_present": present}
 
-        # optimum-intel orders the example inputs by this signature: keep the config's order
-        parameters = inspect.signature(patched_forward).parameters
-        patched_forward.__signature__ = inspect.Signature([parameters[name] for name in config.input_order()])
-
+        # optimum-intel binds the example inputs (in `config.input_order()`, this signature's order)
+        # to names by the signature of `orig_forward`: make that ours, whatever the model's own
+        # forward takes (Zamba2's has no cache_params, Mamba-2's puts it before attention_mask)
+        self.model_forward, self.orig_forward = self.orig_forward, patched_forward
         self.patched_forward = patched_forward
 
     def __enter__(self):
@@ -34,4 +33,4 @@ class ShedderMambaPatcher(ModelPatcher):
 
     def __exit__(self, exc_type, exc_value, traceback):
         super().__exit__(exc_type, exc_value, traceback)
-        setattr(self._model, self.orig_forward_name, self.orig_forward)
+        setattr(self._model, self.orig_forward_name, self.model_forward)

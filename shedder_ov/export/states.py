@@ -1,10 +1,17 @@
-"""Per-layer recurrent state shapes of a (possibly pruned) Mamba-family model.
+"""Per-layer states of the exported graph, per family, in the order the graph takes them.
 
-Layer i keeps a conv window `conv.i` [b, channels, kernel-1] and, if its SSM survived, the
-j-th SSM state `ssm.j` ([b, d_inner, n] for Mamba-1, [b, heads, head_dim, n] for Mamba-2).
-SSM states are numbered densely because optimum-intel indexes its state lists by that number."""
+A layer has, in this order: `key`, `value` [b, kv_heads, past, head_dim] (Zamba2 layers whose
+invocation runs attention; dim 2 grows by each call's length), `ssm` (layers whose SSM survived:
+Mamba-1 [b, d_inner, n], Mamba-2 / Zamba2 [b, heads, head_dim, n]) and `conv` [b, channels,
+kernel-1] (layers with a mixer). Each kind is numbered densely (`cache_params.past.ssm.0, .1,
+...`): optimum-intel's OVModelWithMambaForCausalLM indexes its per-kind state lists by that
+number. (In the Mamba families every layer has a conv window, so its number is the layer's.)"""
 
 from __future__ import annotations
+
+from collections import Counter
+
+KV_KINDS = ("key", "value")
 
 
 def ssm_layers(config) -> list[bool]:
@@ -12,29 +19,52 @@ def ssm_layers(config) -> list[bool]:
     return [i not in removed for i in range(config.num_hidden_layers)]
 
 
-def state_shapes(config, batch: int) -> list[dict[str, list[int]]]:
-    """Per layer: {"ssm": shape (when present), "conv": shape}."""
-    window = config.conv_kernel - 1
-    if config.model_type.endswith("mamba2"):
-        inner = int(config.expand * config.hidden_size)
-        conv_with_ssm = inner + 2 * config.n_groups * config.state_size
-        ssm = [batch, config.num_heads, config.head_dim, config.state_size]
-    else:
-        inner = config.intermediate_size
-        conv_with_ssm = inner
-        ssm = [batch, inner, config.state_size]
-    shapes = []
-    for has_ssm in ssm_layers(config):
-        shapes.append({"ssm": ssm, "conv": [batch, conv_with_ssm, window]} if has_ssm else {"conv": [batch, inner, window]})
-    return shapes
+def mamba_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
+    window, inner = config.conv_kernel - 1, config.intermediate_size
+    with_ssm = {"ssm": [batch, inner, config.state_size], "conv": [batch, inner, window]}
+    return [with_ssm if has_ssm else {"conv": [batch, inner, window]} for has_ssm in ssm_layers(config)]
 
 
-def state_names(config, direction: str) -> list[tuple[str, str]]:
-    """(name, kind) of every state tensor in the order the graph takes them; direction past|present."""
-    names, ssm_index = [], 0
-    for layer, has_ssm in enumerate(ssm_layers(config)):
-        if has_ssm:
-            names.append((f"cache_params.{direction}.ssm.{ssm_index}", "ssm"))
-            ssm_index += 1
-        names.append((f"cache_params.{direction}.conv.{layer}", "conv"))
+def mamba2_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
+    window, inner = config.conv_kernel - 1, int(config.expand * config.hidden_size)
+    with_ssm = {
+        "ssm": [batch, config.num_heads, config.head_dim, config.state_size],
+        "conv": [batch, inner + 2 * config.n_groups * config.state_size, window],
+    }
+    return [with_ssm if has_ssm else {"conv": [batch, inner, window]} for has_ssm in ssm_layers(config)]
+
+
+def zamba2_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
+    """From `config.layer_specs` (modeling_shedder_zamba2): KV where the invocation runs attention,
+    SSM + conv where the Mamba part kept its SSM, conv only where it did not."""
+    window, inner = config.mamba_d_conv - 1, int(config.mamba_expand * config.hidden_size)
+    kv = [batch, config.num_key_value_heads, past, config.attention_head_dim]
+    layers = []
+    for spec in config.layer_specs:
+        states = {"key": kv, "value": kv} if spec["block"] is not None and spec["attention"] else {}
+        if spec["mamba"] and spec["ssm"]:
+            states["ssm"] = [batch, config.n_mamba_heads, config.mamba_headdim, config.mamba_d_state]
+            states["conv"] = [batch, inner + 2 * config.mamba_ngroups * config.mamba_d_state, window]
+        elif spec["mamba"]:
+            states["conv"] = [batch, inner, window]
+        layers.append(states)
+    return layers
+
+
+def state_names(layers: list[dict[str, list[int]]], direction: str) -> list[tuple[str, str]]:
+    """(name, kind) of every state tensor of `layers` (a family's per-layer states) in graph order;
+    direction past|present."""
+    names, count = [], Counter()
+    for layer in layers:
+        for kind in layer:
+            names.append((f"cache_params.{direction}.{kind}.{count[kind]}", kind))
+            count[kind] += 1
     return names
+
+
+def dynamic_axes(kind: str, direction: str) -> dict[int, str]:
+    """The IR's dynamic dims of one state: batch, and the sequence of KV states."""
+    if kind not in KV_KINDS:
+        return {0: "batch_size"}
+    length = "past_sequence_length" if direction == "past" else "past_sequence_length + sequence_length"
+    return {0: "batch_size", 2: length}
