@@ -43,7 +43,9 @@ def fingerprint(recipe: Recipe) -> dict:
         "apply": str(search.apply.resolve()) if search.apply else None,
         **_method_fingerprint(recipe),
     }
-    if search.stages is not None or search.group_size is not None:
+    if search.apply is not None and search.group_size is not None:
+        scoring["channels"] = {"group_size": search.group_size, "channel_order": search.channel_order}
+    elif search.stages is not None or search.group_size is not None:
         scoring["stages"] = [s.model_dump(mode="json", include={"targets", "group_size", "channel_order"}) for s in search.staged]
     if search.unshare:
         scoring["unshare"] = True
@@ -154,12 +156,29 @@ def summary_table(result: dict) -> Table:
         delta = f"{(ppl / base - 1) * 100:+.2f}" if ppl and base else ""
         stage = [str(row.get("stage", 1))] if staged else []
         table.add_row(str(row["step"]), *stage, row["candidate"], f"{ppl:.3f}" if ppl else "-", delta, f"{row['params_removed']:,}")
-    table.caption = "\n".join(
-        f"{label} {p['original']:,} → {p['pruned']:,} (-{(1 - p['pruned'] / p['original']) * 100:.2f}%)"
-        for label, p in (("params", result["params"]), ("unshared", result.get("params_unshared")))
-        if p and (label == "params" or p != {k: result["params"][k] for k in ("original", "pruned")})
-    )
+    params = result["params"]
+    lines = [f"params {params['original']:,} → {params['pruned']:,} (-{(1 - params['pruned'] / params['original']) * 100:.2f}%)"]
+    if "stored_before_unshare" in params:
+        lines.append(f"stored before unsharing: {params['stored_before_unshare']:,}")
+    unshared = result.get("params_unshared")
+    if unshared and unshared != {k: params[k] for k in ("original", "pruned")}:
+        lines.append(f"unshared (every use of a block counted) {unshared['original']:,} → {unshared['pruned']:,}")
+    table.caption = "\n".join(lines)
     return table
+
+
+@torch.no_grad()
+def pruned_vs_masked(adapter, pruned, removed: list[Candidate], length: int = 64) -> float:
+    """Max |logits| difference of the physically pruned model and the masked one on seeded tokens:
+    removal must change nothing but the storage."""
+    ids = torch.randint(1, adapter.model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+    masks = adapter.masked.copy()
+    adapter.masked.clear()
+    for candidate in removed:
+        adapter.mask(candidate)
+    masked = adapter.logits(ids.to(next(adapter.model.parameters()).device)).cpu()
+    adapter.masked = masks
+    return float((adapter_for(pruned).logits(ids.to(next(pruned.parameters()).device)).cpu() - masked).abs().max())
 
 
 def check_inputs(recipe: Recipe) -> None:
@@ -237,6 +256,7 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
     pruned_params = sum(p.numel() for p in pruned.parameters())
     if original_params - pruned_params != adapter.removed_params(removed):
         raise RuntimeError("parameter accounting mismatch after physical removal")
+    removal_diff = pruned_vs_masked(adapter, pruned, removed)
     save_checkpoint(pruned, tokenizer, pruned_dir, generation_source=recipe.model if recipe.model.is_dir() else None)
     result = {
         "model": str(recipe.model),
@@ -249,6 +269,7 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         "params_unshared": {"original": original_unshared, "pruned": adapter_for(pruned).num_params_unshared()},
         "layers": {"original": adapter.num_layers, "pruned": pruned.config.num_hidden_layers},
         "pruned_model_type": pruned.config.model_type,
+        "pruned_vs_masked_max_abs_diff": removal_diff,
         "search": search_info,
         "fingerprint": fingerprint(recipe),
     }

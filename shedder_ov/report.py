@@ -37,6 +37,13 @@ def _checkpoints(out: Path, result: dict | None) -> dict[str, Path | None]:
     return {"original": original, "pruned": out / "pruned" if (out / "pruned").is_dir() else None, "recovered": recovered}
 
 
+def _variant_params(params: dict, variant: str) -> int | None:
+    """Stored parameters of a variant's checkpoint (the original as stored, before any unsharing)."""
+    if variant == "original":
+        return params.get("stored_before_unshare", params.get("original"))
+    return params.get("pruned")
+
+
 def collect(out: Path) -> dict:
     """Every cell of the table that the output dir can answer, and a list of what it cannot."""
     result = _read(out / "search" / "result.json")
@@ -57,7 +64,7 @@ def collect(out: Path) -> dict:
             timing = bench_rows.get(f"{variant} {precision}") or {}
             row = {
                 "variant": variant, "precision": precision,
-                "params": params.get(variant) if variant != "recovered" else params.get("pruned"),
+                "params": _variant_params(params, variant),
                 "ir_mb": _ir_mb(ir),
                 "ppl": {k: v["ppl"] for k, v in evaluation.get("ppl", {}).items()} or None,
                 "avg_acc": (evaluation.get("zeroshot") or {}).get("average"),
@@ -145,7 +152,9 @@ def write_report(output_dir: str | Path) -> Path:
     if search:
         p = search["params"]
         lines += [f"Model `{search.get('model')}` ({search.get('family')}): removed {len(search['removed'])} components, "
-                  f"params {p['original']:,} → {p['pruned']:,} (−{100 * (1 - p['pruned'] / p['original']):.1f}%).", ""]
+                  f"params {p['original']:,} → {p['pruned']:,} (−{100 * (1 - p['pruned'] / p['original']):.1f}%)"
+                  + (f"; searched after unsharing its blocks ({p['stored_before_unshare']:,} stored before)"
+                     if "stored_before_unshare" in p else "") + ".", ""]
     lengths = sorted({n for r in data["rows"] for n in (r["prefill_ms"] or {})}, key=int)
     head = ["variant", "precision", "params", "IR MB", "PPL", "avg acc"] + [f"prefill {n} ms" for n in lengths] + [
         "decode tok/s", "speedup vs original fp32"]

@@ -53,6 +53,15 @@ def tiny_model(family: str, seed: int = 0):
     return model
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: on a busy 2-core machine, syncing 2 threads per op costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"shared fixture missing: {path} (set SHEDDER_SHARED)")

@@ -3,8 +3,9 @@ the shipped recipes' searches (and small variants covering every stop rule and a
 replayed on the tiny models give the result.json recorded before the change.
 
 The recorded files were written by the search as it was before the component model
-(`tests/data/replay/*.result.json`). The default recipe always replays; the other shipped ones
-take minutes each on 2 cores and replay with SHEDDER_REPLAY_ALL=1."""
+(`tests/data/replay/*.result.json`). The small variants always replay; the shipped recipes take
+minutes each on 2 cores and replay with SHEDDER_REPLAY_ALL=1 (recorded: mamba2-tiny,
+mamba2-tiny-8ssm, mamba1-tiny)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .conftest import REPO, SHARED
 
 REPLAY = REPO / "tests" / "data" / "replay"
 SMALL = sorted(p.stem for p in REPLAY.glob("*.yaml"))
-SHIPPED = ["mamba2-tiny", "mamba2-tiny-8ssm", "mamba1-tiny", "mamba1-tiny-6blocks", "mamba2-tiny-6blocks", "mamba1-tiny-ssm"]
+SHIPPED = sorted(p.stem.removeprefix("shipped-").removesuffix(".result") for p in REPLAY.glob("shipped-*.result.json"))
 ALL = os.environ.get("SHEDDER_REPLAY_ALL") == "1"
 
 
@@ -53,6 +54,6 @@ def test_small_searches_replay(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_replay(name, tmp_path):
-    if name != "mamba2-tiny" and not ALL:
-        pytest.skip("set SHEDDER_REPLAY_ALL=1 to replay every shipped recipe (minutes each)")
+    if not ALL:
+        pytest.skip("set SHEDDER_REPLAY_ALL=1 to replay the shipped recipes (minutes each)")
     replay(REPO / "recipes" / f"{name}.yaml", REPLAY / f"shipped-{name}.result.json", tmp_path)

@@ -28,13 +28,7 @@ TINY = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are small: on a busy 2-core machine, syncing 2 threads per op costs more than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stock_config(types: list[str], num_mem_blocks: int = 1) -> Zamba2Config:

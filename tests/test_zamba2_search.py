@@ -44,12 +44,7 @@ def tiny_zamba2(types=TYPES, num_mem_blocks: int = 1, seed: int = 0, **extra) ->
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("blocks", [1, 2])
@@ -284,3 +279,25 @@ def test_real_zamba2_tiny_fast_forward_and_pruned_logits():
             adapter.mask(c)
         pruned = adapter.pruned_model(removed)
         assert torch.allclose(adapter_for(pruned).logits(ids), adapter.logits(ids), atol=1e-4)
+
+
+def test_recovery_tunes_a_pruned_zamba2(tmp_path):
+    """LoRA on the Mamba in/out projections (the reference's Zamba2 default), merged before saving."""
+    from shedder_ov.recipe import load_recipe
+    from shedder_ov.recovery import run_recovery
+
+    (tmp_path / "train.txt").write_text(require(TRAIN_TEXT).read_text()[:6000])
+    path = _write(tmp_path, tiny_zamba2(), targets=["attention", "mlp", "ssm"], stop={"num_components": 2})
+    recipe = yaml.safe_load(path.read_text())
+    recipe["recovery"] = {
+        "data": {"path": str(tmp_path / "train.txt")}, "held_out": {"path": str(tmp_path / "train.txt")},
+        "held_out_windows": 2, "seq_len": 32, "batch_size": 2, "max_steps": 3, "lr": 5e-3,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(recipe))
+    run_prune(load_recipe(path))
+    result = run_recovery(load_recipe(path))
+    assert result["steps"] == 3 and result["trainable_params"] > 0 and result["ppl_after"] != result["ppl_before"]
+    recovered = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "recovered")
+    assert type(recovered).__name__ == "ShedderZamba2ForCausalLM"
+    assert sum(p.numel() for p in recovered.parameters()) == result["total_params"]
+    assert not any("lora" in name for name, _ in recovered.named_parameters())
