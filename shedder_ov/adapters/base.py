@@ -61,8 +61,12 @@ class FamilyAdapter(ABC):
     # ---- structure -------------------------------------------------------------
     @property
     @abstractmethod
+    def layers(self) -> nn.ModuleList:
+        """The residual layers of the model; candidates are named by their indices."""
+
+    @property
     def num_layers(self) -> int:
-        """Residual layers of the model; candidates are named by these indices."""
+        return len(self.layers)
 
     @property
     def stream_width(self) -> int:
@@ -197,7 +201,7 @@ class FamilyAdapter(ABC):
     @property
     def tuned_layers(self) -> nn.Module:
         """The module holding the residual layers, which recovery's LoRA wraps."""
-        return self.model.backbone.layers
+        return self.layers
 
     def lora_target_choices(self) -> list[str]:
         """Names of the linear layers inside the residual layers, which LoRA can adapt."""
@@ -226,10 +230,6 @@ class MambaFamilyAdapter(FamilyAdapter):
     @property
     def layers(self) -> nn.ModuleList:
         return self.model.backbone.layers
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
 
     def has_ssm(self, layer: int) -> bool:
         return not isinstance(self.layers[layer].mixer, self.ssm_less_mixer)

@@ -112,16 +112,8 @@ class Zamba2Adapter(FamilyAdapter):
         return self.model.model.blocks
 
     @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @property
     def stream_width(self) -> int:
         return 2 * self.config.hidden_size
-
-    @property
-    def tuned_layers(self) -> nn.Module:
-        return self.layers
 
     def invokes(self, layer: int) -> bool:
         spec = self.layers[layer].spec
