@@ -35,6 +35,7 @@ from transformers.models.zamba2.modeling_zamba2 import apply_rotary_pos_emb
 from ..errors import ShedderError
 from ..modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM, Zamba2MixerWithoutSSM, auto_map
 from .base import FamilyAdapter, count_params, view_module
+from .channels import MlpChannels, check_group_size
 from .components import Candidate
 from .mamba2 import ssd_mixer_forward, ssm_less_tensors
 
@@ -55,7 +56,7 @@ def _merged_weight(linear: nn.Linear, adapter: nn.Module | None) -> torch.Tensor
     return weight.clone() if adapter is None else weight + adapter[1].weight.detach() @ adapter[0].weight.detach()
 
 
-class Zamba2Adapter(FamilyAdapter):
+class Zamba2Adapter(MlpChannels, FamilyAdapter):
     family = "zamba2"
     model_types = ("zamba2", "shedder_zamba2")
     targets = ("layer", "mamba_block", "ssm", "attention", "mlp", "mlp_channels")
@@ -65,9 +66,7 @@ class Zamba2Adapter(FamilyAdapter):
             raise ShedderError("zamba2: load the model with shedder_ov.checkpoints.load_checkpoint (it converts stock Zamba2)")
         super().__init__(model)
         self.config = model.config
-        self._channel_order: dict[int, torch.Tensor] = {}
         self._ssm_less_views: dict[int, nn.Module] = {}
-        self._activations: dict[int, torch.Tensor] | None = None  # collecting |MLP activations| per layer
 
     @classmethod
     def load_pretrained(cls, path, dtype):
@@ -83,7 +82,8 @@ class Zamba2Adapter(FamilyAdapter):
     def check_stage(cls, config, stage, where: str, unshare: bool) -> None:
         cls.check_targets(stage.targets, f"{where}.targets")
         if "mlp_channels" in stage.targets:
-            cls._check_group_size(config, stage.group_size, f"{where}.group_size")
+            widths = [b["mlp_width"] for b in _block_specs(config) if b["mlp"]]
+            check_group_size(widths, stage.group_size, f"{where}.group_size")
             if not unshare and _shares_blocks(config):
                 raise ShedderError(
                     f"{where}.targets: mlp_channels cuts one invocation's MLP, but the invocations share their blocks; "
@@ -94,13 +94,6 @@ class Zamba2Adapter(FamilyAdapter):
     @classmethod
     def check_unshare(cls, config) -> None:
         """Unsharing is always possible here (a model without shared blocks just stays as it is)."""
-
-    @staticmethod
-    def _check_group_size(config, group_size: int, where: str) -> None:
-        widths = sorted({b["mlp_width"] for b in _block_specs(config) if b["mlp"]})
-        wrong = [w for w in widths if w % group_size or w == group_size]
-        if wrong:
-            raise ShedderError(f"{where}: {group_size} must divide the MLP width(s) {widths} and be smaller")
 
     # ---- structure -------------------------------------------------------------
     @property
@@ -165,7 +158,7 @@ class Zamba2Adapter(FamilyAdapter):
     def capacity(self, candidate: Candidate) -> int:
         if candidate.kind != "mlp_channels":
             return 1
-        return self.mlp_width(candidate.layer) // self.group_size - 1  # one group stays: `mlp` removes it all
+        return self.channel_capacity(candidate.layer)
 
     def contains(self, outer: Candidate, inner: Candidate) -> bool:
         parts = {"mamba_block": ("ssm",), "mlp": ("mlp_channels",)}
@@ -173,44 +166,18 @@ class Zamba2Adapter(FamilyAdapter):
 
     # ---- MLP channels ------------------------------------------------------------
     def set_channel_groups(self, group_size: int) -> None:
-        self._check_group_size(self.config, group_size, "group_size")
         if _shares_blocks(self.config):
             raise ShedderError("search.unshare: mlp_channels on zamba2 needs per-invocation MLPs; set search.unshare: true")
-        self.group_size = group_size
+        super().set_channel_groups(group_size)
 
-    @torch.no_grad()
-    def rank_channels(self, order: str, batches: list[torch.Tensor] | None = None) -> None:
-        """Which channels each MLP loses first: `first` keeps the first N (the reference), `weight_l1`
-        drops the smallest L1 norm of gate, up and down weights, `activation` the smallest mean
-        |act(gate)·up| of the current (masked) model on the calibration batches."""
-        layers = [i for i in range(self.num_layers) if self._parts(i)["mlp"]]
-        if order == "first":
-            scores = {i: -torch.arange(self.mlp_width(i), dtype=torch.float64) for i in layers}
-        elif order == "weight_l1":
-            scores = {i: self._weight_l1(i) for i in layers}
-        elif order == "activation":
-            self._activations = {}
-            for ids in batches:
-                self.logits(ids)
-            scores, self._activations = self._activations, None
-        else:
-            raise ShedderError(f"channel_order: {order!r} (allowed: first, weight_l1, activation)")
-        self._channel_order = {i: torch.sort(scores[i].double(), stable=True).indices for i in layers}
+    def mlp_layers(self) -> list[int]:
+        return [i for i in range(self.num_layers) if self._parts(i)["mlp"]]
 
-    def _weight_l1(self, layer: int) -> torch.Tensor:
+    def mlp_weight_l1(self, layer: int) -> torch.Tensor:
         ff = self.blocks[self.layers[layer].block].feed_forward
         gate_up = _merged_weight(ff.gate_up_proj, self.layers[layer].gate_up_adapter).abs().sum(1)
         gate, up = gate_up.chunk(2)
-        return (gate + up + ff.down_proj.weight.abs().sum(0)).double()
-
-    def masked_channels(self, layer: int) -> torch.Tensor | None:
-        """Indices of the MLP channels masked in `layer` (the first groups of its channel order)."""
-        groups = self.masked.get(Candidate(layer, "mlp_channels"), 0)
-        if not groups:
-            return None
-        if layer not in self._channel_order:
-            raise ShedderError("mlp_channels: channels have no order yet (rank_channels)")
-        return self._channel_order[layer][: groups * self.group_size]
+        return gate + up + ff.down_proj.weight.abs().sum(0)
 
     # ---- forward -----------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -269,8 +236,7 @@ class Zamba2Adapter(FamilyAdapter):
         p = self.blocks[self.layers[layer].block].pre_ff_layernorm(x)
         gate, up = _project(ff.gate_up_proj, self.layers[layer].gate_up_adapter, p).chunk(2, dim=-1)
         h = ff.act_fn(gate) * up
-        if self._activations is not None:
-            self._activations[layer] = self._activations.get(layer, 0) + h.detach().abs().double().sum((0, 1))
+        self.record_activations(layer, h)
         masked = self.masked_channels(layer)
         if masked is not None:
             h = h.index_fill(-1, masked.to(h.device), 0.0)
@@ -367,18 +333,11 @@ class Zamba2Adapter(FamilyAdapter):
         config.auto_map = auto_map(self.family)
         return config, {"keep": keep, "blocks": block_map, "groups": groups, "specs": specs}
 
-    def _kept_channels(self, layer: int, groups: int) -> torch.Tensor:
-        """The channels an MLP keeps after losing `groups` groups, in their original order."""
-        if layer not in self._channel_order:
-            raise ShedderError("mlp_channels: the MLP channels have no order yet (set_channel_groups, rank_channels)")
-        gone = set(self._channel_order[layer][: groups * self.group_size].tolist())
-        return torch.tensor([c for c in range(self.mlp_width(layer)) if c not in gone], dtype=torch.long)
-
     @torch.no_grad()
     def pruned_model(self, removed: list[Candidate]) -> nn.Module:
         config, plan = self._plan(removed)
         keep, block_map, specs = plan["keep"], plan["blocks"], plan["specs"]
-        channels = {i: self._kept_channels(i, n) for i, n in plan["groups"].items() if n}
+        channels = {i: self.kept_channels(i, n) for i, n in plan["groups"].items() if n}
         block_channels = {block_map[specs[i]["block"]]: kept for i, kept in channels.items()}
         state = {}
         for key, tensor in self.model.state_dict().items():
