@@ -33,9 +33,7 @@ def causal_mask(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 def attention(attn, layer, hidden, rope, key_state, value_state):
     """The shared block's self-attention with the invocation's q/k/v adapters, of the new tokens
-    over the cached and their own keys; returns the output and the grown key / value states. (GQA
-    repeats by the stock `repeat_kv`, the mask reads the length off the unrepeated cache: the forms
-    the CPU plugin's KV-cache fusion recognises.)"""
+    over the cached and their own keys; returns the output and the grown key / value states."""
     batch, length = hidden.shape[0], hidden.shape[1]
     q, k, v = attn.q_proj(hidden), attn.k_proj(hidden), attn.v_proj(hidden)
     if layer.q_adapter is not None:
@@ -43,11 +41,21 @@ def attention(attn, layer, hidden, rope, key_state, value_state):
     q, k, v = (t.view(batch, length, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
     if rope is not None:
         q, k = apply_rotary_pos_emb(q, k, *rope)
-    key_state, value_state = torch.cat([key_state, k], dim=2), torch.cat([value_state, v], dim=2)
     groups = attn.num_heads // attn.num_key_value_heads
+    out, key_state, value_state = cached_attention(q, k, v, key_state, value_state, groups, attn.scaling)
+    return attn.o_proj(out), key_state, value_state
+
+
+def cached_attention(q, k, v, key_state, value_state, groups: int, scale: float):
+    """Causal SDPA of the new tokens' q [b, heads, l, d] over the cached keys and their own k, v
+    [b, kv_heads, l, d] (RoPE'd); returns the output [b, l, heads * d] and the grown key / value
+    states. (GQA repeats by the stock `repeat_kv`, the mask reads the length off the unrepeated
+    cache: the forms the CPU plugin's KV-cache fusion recognises.) Shared by the hybrids' graphs."""
+    batch, length = q.shape[0], q.shape[2]
+    key_state, value_state = torch.cat([key_state, k], dim=2), torch.cat([value_state, v], dim=2)
     keys, values = repeat_kv(key_state, groups), repeat_kv(value_state, groups)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=causal_mask(q, key_state), scale=attn.scaling)
-    return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), key_state, value_state
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=causal_mask(q, key_state), scale=scale)
+    return out.transpose(1, 2).reshape(batch, length, -1), key_state, value_state
 
 
 def forward_with_states(adapter, input_ids, attention_mask, states):

@@ -1,7 +1,7 @@
 """Per-layer states of the exported graph, per family, in the order the graph takes them.
 
 A layer has, in this order: `key`, `value` [b, kv_heads, past, head_dim] (Zamba2 layers whose
-invocation runs attention; dim 2 grows by each call's length), `ssm` (layers whose SSM survived:
+invocation runs attention, Falcon-H1 layers that kept attention; dim 2 grows by each call's length), `ssm` (layers whose SSM survived:
 Mamba-1 [b, d_inner, n], Mamba-2 / Zamba2 [b, heads, head_dim, n]) and `conv` [b, channels,
 kernel-1] (layers with a mixer). Each kind is numbered densely (`cache_params.past.ssm.0, .1,
 ...`): optimum-intel's OVModelWithMambaForCausalLM indexes its per-kind state lists by that
@@ -26,12 +26,21 @@ def mamba_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
 
 
 def mamba2_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
+    """Per layer: SSM [b, heads_i, head_dim, n] and conv [b, heads_i * head_dim + 2·G·N, k-1],
+    heads_i from `config.layer_heads` where a layer lost heads; an SSM-less layer's conv window
+    holds its full-width x only."""
     window, inner = config.conv_kernel - 1, int(config.expand * config.hidden_size)
-    with_ssm = {
-        "ssm": [batch, config.num_heads, config.head_dim, config.state_size],
-        "conv": [batch, inner + 2 * config.n_groups * config.state_size, window],
-    }
-    return [with_ssm if has_ssm else {"conv": [batch, inner, window]} for has_ssm in ssm_layers(config)]
+    layer_heads = getattr(config, "layer_heads", None) or [config.num_heads] * config.num_hidden_layers
+    layers = []
+    for has_ssm, heads in zip(ssm_layers(config), layer_heads):
+        if has_ssm:
+            layers.append({
+                "ssm": [batch, heads, config.head_dim, config.state_size],
+                "conv": [batch, heads * config.head_dim + 2 * config.n_groups * config.state_size, window],
+            })
+        else:
+            layers.append({"conv": [batch, inner, window]})
+    return layers
 
 
 def zamba2_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
@@ -47,6 +56,33 @@ def zamba2_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
             states["conv"] = [batch, inner + 2 * config.mamba_ngroups * config.mamba_d_state, window]
         elif spec["mamba"]:
             states["conv"] = [batch, inner, window]
+        layers.append(states)
+    return layers
+
+
+def falcon_h1_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
+    """Stock Falcon-H1 (every layer: attention and a Mamba-2 branch) or `config.layer_specs`
+    (modeling_shedder_falcon_h1): KV with the layer's kv_heads where attention is kept, SSM [b,
+    heads, head_dim, n] + conv [b, heads·head_dim + 2·groups·n, k-1] where the Mamba branch kept
+    its scan, conv [b, heads·head_dim, k-1] where it did not."""
+    window, state, head_dim = config.mamba_d_conv - 1, config.mamba_d_state, config.mamba_d_head
+    specs, stock_inner = getattr(config, "layer_specs", None), None
+    if specs is None:  # stock: one width for all layers (mamba_d_ssm may differ from heads · head_dim)
+        specs = [{"kv_heads": config.num_key_value_heads, "mamba_heads": config.mamba_n_heads, "ssm": True}] * config.num_hidden_layers
+        stock_inner = config.mamba_d_ssm or int(config.mamba_expand * config.hidden_size)
+    attention_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layers = []
+    for spec in specs:
+        states = {}
+        if spec["kv_heads"]:
+            states["key"] = states["value"] = [batch, spec["kv_heads"], past, attention_dim]
+        if spec["mamba_heads"]:
+            width = stock_inner or spec["mamba_heads"] * head_dim
+            if spec["ssm"]:
+                states["ssm"] = [batch, spec["mamba_heads"], head_dim, state]
+                states["conv"] = [batch, width + 2 * config.mamba_n_groups * state, window]
+            else:
+                states["conv"] = [batch, width, window]
         layers.append(states)
     return layers
 
