@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -10,31 +12,241 @@ from torch import nn
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from ..errors import ShedderError
-from ..modeling import Mamba2MixerWithoutSSM
+from ..modeling import PRUNED_CLASSES, Mamba2MixerWithoutSSM, auto_map
 from ..kernels import kernels_for
-from .base import MambaFamilyAdapter
+from .base import MambaFamilyAdapter, count_params
+from .components import Candidate
 
 
 class Mamba2Adapter(MambaFamilyAdapter):
+    """Mamba-2, with SSM heads as a target too: candidate `layers.i.ssm.heads.j` is the j-th head
+    of every B/C group of layer i (`group_heads`); a layer with heads masked runs `head_view` of
+    its mixer, exactly what physical removal leaves (the gated norm then normalises over the kept
+    channels only). The last head of a group always stays (`ssm` / `mamba_block` take them all);
+    a layer's `ssm` goes only while it has all its heads (the SSM-less mixer stays full width),
+    and its heads no more once its SSM went."""
+
     family = "mamba2"
     model_types = ("mamba2", "shedder_mamba2")
     base_config_class = Mamba2Config
     base_model_class = Mamba2ForCausalLM
     ssm_less_mixer = Mamba2MixerWithoutSSM
+    targets = ("layer", "mamba_block", "ssm", "ssm_heads")
 
     def __init__(self, model):
         super().__init__(model)
         config = model.config
-        inner = int(config.expand * config.hidden_size)
-        expected = 2 * inner + 2 * config.n_groups * config.state_size + config.num_heads
         for layer in self.layers:
             mixer = layer.mixer
-            if self.has_ssm(mixer.layer_idx) and mixer.in_proj.out_features != expected:
+            if not self.has_ssm(mixer.layer_idx):
+                continue
+            expected = 2 * mixer.intermediate_size + 2 * config.n_groups * config.state_size + mixer.num_heads
+            if mixer.in_proj.out_features != expected or mixer.intermediate_size != mixer.num_heads * mixer.head_dim:
                 raise ShedderError("Mamba-2 mixers with an extra MLP slice (d_mlp > 0) are not supported")
-            if self.has_ssm(mixer.layer_idx) and not config.rms_norm:
+            if not config.rms_norm:
                 raise ShedderError("Mamba-2 without the gated RMSNorm (rms_norm: false) is not supported")
         if config.hidden_act not in ("silu", "swish"):
             raise ShedderError(f"Mamba-2 with hidden_act={config.hidden_act!r} is not supported (silu only)")
+        self._head_views: dict[int, OrderedDict[frozenset[int], nn.Module]] = {}
+
+    @classmethod
+    def check_stage(cls, config, stage, where: str, unshare: bool) -> None:
+        super().check_stage(config, stage, where, unshare)
+        if "ssm_heads" in stage.targets:
+            groups = config.n_groups
+            counts = getattr(config, "layer_heads", None) or [config.num_heads]
+            if groups < 1 or any(heads % groups for heads in [config.num_heads, *counts]):
+                raise ShedderError(
+                    f"{where}.targets: ssm_heads needs n_groups ({groups}) to divide num_heads ({config.num_heads}) "
+                    f"of every layer, so that every B/C group keeps as many heads as the others"
+                )
+
+    # ---- structure -------------------------------------------------------------
+    def num_heads(self, layer: int) -> int:
+        """SSM heads of a layer as stored (a head-pruned layer has fewer than the config's)."""
+        return self.layers[layer].mixer.num_heads
+
+    def heads_per_group(self, layer: int) -> int:
+        """The `ssm_heads` candidates of a layer: its heads per B/C group."""
+        return self.num_heads(layer) // self.model.config.n_groups
+
+    def full_width(self, layer: int) -> bool:
+        """Whether a layer with its SSM still holds all the config's heads."""
+        return self.num_heads(layer) == self.model.config.num_heads
+
+    def candidates(self, targets):
+        self.check_targets(targets)
+        found = [
+            c for c in super().candidates([t for t in targets if t != "ssm_heads"])
+            if c.kind != "ssm" or self.full_width(c.layer)
+        ]
+        if "ssm_heads" in targets:
+            for layer in range(self.num_layers):
+                if self.has_ssm(layer) and self.heads_per_group(layer) > 1:
+                    found += [Candidate(layer, "ssm_heads", j) for j in range(self.heads_per_group(layer))]
+        return sorted(found)
+
+    def validate(self, candidate: Candidate) -> None:
+        if candidate.kind != "ssm_heads":
+            super().validate(candidate)
+            if candidate.kind == "ssm" and not self.full_width(candidate.layer):
+                raise ShedderError(
+                    f"{candidate.name}: this layer lost SSM heads ({self.num_heads(candidate.layer)} of "
+                    f"{self.model.config.num_heads} left); its SSM can only go with its block (layers.{candidate.layer}.block)"
+                )
+            return
+        if candidate.layer >= self.num_layers:
+            raise ShedderError(f"{candidate.name}: the model has {self.num_layers} layers (0..{self.num_layers - 1})")
+        if not self.has_ssm(candidate.layer):
+            raise ShedderError(f"{candidate.name}: this layer has no SSM left, so no heads to remove")
+        per_group = self.heads_per_group(candidate.layer)
+        if not 0 <= candidate.index < per_group:
+            raise ShedderError(
+                f"{candidate.name}: head index out of range (layer {candidate.layer} has {per_group} heads per B/C "
+                f"group: 0..{per_group - 1})"
+            )
+
+    def contains(self, outer: Candidate, inner: Candidate) -> bool:
+        """A block contains its layer's SSM and heads; an SSM contains its layer's heads."""
+        same = outer.layer == inner.layer
+        return super().contains(outer, inner) or (same and outer.kind == "ssm" and inner.kind == "ssm_heads")
+
+    def available(self, candidate: Candidate, removed: list[Candidate]) -> bool:
+        if not super().available(candidate, removed):
+            return False
+        if candidate.kind == "ssm":  # not once one of its heads went
+            return not any(c.kind == "ssm_heads" and c.layer == candidate.layer for c in removed)
+        if candidate.kind == "ssm_heads":  # the last head of every group stays
+            return len(self._heads_gone(candidate.layer, removed) | {candidate.index}) < self.heads_per_group(candidate.layer)
+        return True
+
+    @staticmethod
+    def _heads_gone(layer: int, removed) -> set[int]:
+        return {c.index for c in removed if c.kind == "ssm_heads" and c.layer == layer}
+
+    def kept_heads(self, layer: int, gone: set[int]) -> torch.Tensor:
+        """The heads (sorted) a layer keeps when the `ssm_heads` candidates `gone` are removed."""
+        dropped = {h for j in gone for h in group_heads(self.num_heads(layer), self.model.config.n_groups, j)}
+        return torch.tensor([h for h in range(self.num_heads(layer)) if h not in dropped], dtype=torch.long)
+
+    def _removed_heads(self, removed, strict: bool = True) -> dict[int, set[int]]:
+        """Per layer, the `ssm_heads` indices that go with `removed` (not those of a layer whose
+        block or SSM goes too). Every head of a layer may not go: refused, or with strict=False
+        (the most a list allows, as the search's feasibility check asks) all but the last."""
+        subsumed = {c.layer for c in removed if c.kind in ("mamba_block", "ssm")}
+        gone: dict[int, set[int]] = {}
+        for c in removed:
+            if c.kind == "ssm_heads" and c.layer not in subsumed:
+                gone.setdefault(c.layer, set()).add(c.index)
+        for layer, indices in gone.items():
+            if len(indices) >= self.heads_per_group(layer):
+                if strict:
+                    raise ShedderError(
+                        f"layers.{layer}.ssm.heads: removing all {len(indices)} heads per group leaves no SSM; "
+                        f"remove layers.{layer}.ssm (or its block) instead"
+                    )
+                gone[layer] = set(sorted(indices)[1:])  # head groups of a layer are all the same size
+        return gone
+
+    # ---- masking -----------------------------------------------------------------
+    def mask(self, candidate: Candidate) -> None:
+        self.validate(candidate)
+        if candidate.kind == "ssm_heads":
+            self._removed_heads([c for c in self.masked if c.kind == "ssm_heads"] + [candidate])
+        self.masked[candidate] += 1
+
+    def _head_view(self, layer: int, gone: frozenset[int]) -> nn.Module:
+        """The mixer of a layer with the heads of `gone` masked, cached per (layer, set); a layer
+        keeps its last two sets (the search's committed masks and the candidate being scored: a
+        view copies most of a mixer, and costs far less to build than one batch's forward)."""
+        views = self._head_views.setdefault(layer, OrderedDict())
+        if gone in views:
+            views.move_to_end(gone)
+        else:
+            views[gone] = head_view(self.layers[layer].mixer, self.kept_heads(layer, set(gone)))
+            while len(views) > 2:
+                views.popitem(last=False)
+        return views[gone]
+
+    def layer_forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        gone = frozenset(self._heads_gone(layer, self.masked))
+        if not gone or self.block_masked(layer) or self.ssm_masked(layer):
+            return super().layer_forward(layer, hidden)
+        block = self.layers[layer]
+        normed = kernels_for(hidden.device.type).rms_norm(block.norm, hidden.to(dtype=block.norm.weight.dtype))
+        residual = hidden.to(torch.float32) if block.residual_in_fp32 else hidden
+        return residual + self.mixer_forward(self._head_view(layer, gone), normed)
+
+    # ---- sizes ---------------------------------------------------------------------
+    def removed_params(self, removed: list[Candidate]) -> int:
+        total = super().removed_params([c for c in removed if c.kind != "ssm_heads"])
+        for layer, gone in self._removed_heads(removed, strict=False).items():
+            mixer = self.layers[layer].mixer
+            total += count_params(mixer) - sum(t.numel() for t in kept_head_tensors(mixer, self.kept_heads(layer, gone)).values())
+        return total
+
+    # ---- surgery -------------------------------------------------------------------
+    def pruned_model(self, removed: list[Candidate]) -> nn.Module:
+        """As the other families, plus head removal: a model with any layer short of heads is a
+        ShedderMamba2ForCausalLM with `layer_heads`; one without stays as before (no new field)."""
+        for candidate in removed:
+            self.validate(candidate)
+        gone = self._removed_heads(removed)
+        if not gone and all(self.full_width(i) for i in range(self.num_layers) if self.has_ssm(i)):
+            return super().pruned_model(removed)
+        blocks = {c.layer for c in removed if c.kind == "mamba_block"}
+        new_ssm_less = {c.layer for c in removed if c.kind == "ssm"} - blocks
+        keep = [i for i in range(self.num_layers) if i not in blocks]
+        if not keep:
+            raise ShedderError("cannot remove every block of the model")
+        config = self.model.config
+        with_ssm = {old for old in keep if self.has_ssm(old) and old not in new_ssm_less}
+        kept = {old: self.kept_heads(old, gone.get(old, set())) for old in with_ssm}
+        layer_heads = [len(kept[old]) if old in with_ssm else config.num_heads for old in keep]
+
+        config_dict = config.to_dict()
+        for key in ("model_type", "transformers_version", "architectures", "auto_map", "ssm_removed_layers", "layer_heads"):
+            config_dict.pop(key, None)
+        source = config_dict.pop("source_layers", None) or list(range(self.num_layers))
+        config_dict["num_hidden_layers"] = len(keep)
+        config_class, model_class = PRUNED_CLASSES[self.family]
+        ssm_less = [new for new, old in enumerate(keep) if old not in with_ssm]
+        pruned_config = config_class(
+            **config_dict,
+            ssm_removed_layers=ssm_less or None,
+            source_layers=[source[i] for i in keep],
+            layer_heads=layer_heads,
+        )
+        pruned_config.auto_map = auto_map(self.family)
+        pruned_config.architectures = [model_class.__name__]
+
+        state = {}
+        for key, tensor in self.model.state_dict().items():
+            match = re.match(r"^backbone\.layers\.(\d+)\.(.*)$", key)
+            if not match:
+                state[key] = tensor.clone()
+                continue
+            old, rest = int(match.group(1)), match.group(2)
+            if old in blocks or (rest.startswith("mixer.") and (old in new_ssm_less or old in with_ssm)):
+                continue
+            state[f"backbone.layers.{keep.index(old)}.{rest}"] = tensor.clone()
+        for old in keep:
+            mixer = self.layers[old].mixer
+            if old in new_ssm_less:
+                tensors = self.ssm_less_tensors(mixer)
+            elif old in with_ssm:
+                tensors = kept_head_tensors(mixer, kept[old])
+            else:
+                continue
+            for name, tensor in tensors.items():
+                state[f"backbone.layers.{keep.index(old)}.mixer.{name}"] = tensor.detach().clone()
+
+        dtype = next(self.model.parameters()).dtype
+        pruned = model_class(pruned_config).to(dtype)
+        pruned.load_state_dict(state, strict=True)
+        pruned.tie_weights()
+        pruned.eval()
+        return pruned
 
     def split_projection(self, mixer, projected):
         return split_projection(mixer, projected)
@@ -190,9 +402,10 @@ def ssm_less_tensors(mixer) -> dict[str, torch.Tensor]:
     kept = {
         "in_proj.weight": mixer.in_proj.weight[: 2 * inner],
         "conv1d.weight": mixer.conv1d.weight[:inner],
-        "norm.weight": mixer.norm.weight,
         "out_proj.weight": mixer.out_proj.weight,
     }
+    if getattr(mixer, "norm", None) is not None:  # Falcon-H1 may gate without a norm
+        kept["norm.weight"] = mixer.norm.weight
     if mixer.in_proj.bias is not None:
         kept["in_proj.bias"] = mixer.in_proj.bias[: 2 * inner]
     if mixer.conv1d.bias is not None:

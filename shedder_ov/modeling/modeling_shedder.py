@@ -8,13 +8,19 @@ Without its SSM a Mamba mixer keeps in_proj (only the rows of z and x), the caus
 x and out_proj; what the scan produced is replaced by the conv-activated x itself:
   Mamba-1 / FalconMamba:  y = act(conv(x)) * act(z)
   Mamba-2:                y = gated_rmsnorm(act(conv(x)), z)
+
+A Mamba-2 model may also have lost SSM heads: `config.layer_heads` gives every layer its head
+count, and a layer with fewer than `num_heads` gets a standard mixer of that many heads (its
+z/x/dt rows, conv channels, gated norm and out_proj columns shrink; B/C stay per group).
 """
+
+from fractions import Fraction
 
 import torch
 from torch import nn
 from transformers import FalconMambaForCausalLM, Mamba2ForCausalLM, MambaForCausalLM
 from transformers.activations import ACT2FN
-from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer, MambaRMSNormGated
 
 from .configuration_shedder import ShedderFalconMambaConfig, ShedderMamba2Config, ShedderMambaConfig
 
@@ -118,9 +124,37 @@ class ShedderFalconMambaForCausalLM(FalconMambaForCausalLM):
         _replace_removed_ssms(self, MambaMixerWithoutSSM)
 
 
+class _LayerConfig:
+    """A config read through, with a few fields of one layer overridden (the stock configs are
+    strict: one value for every layer)."""
+
+    def __init__(self, config, **overrides):
+        self._config, self._overrides = config, overrides
+
+    def __getattr__(self, name):
+        overrides = self.__dict__["_overrides"]
+        return overrides[name] if name in overrides else getattr(self.__dict__["_config"], name)
+
+
+def mamba2_mixer_with_heads(config, layer_idx, heads):
+    """A standard Mamba-2 mixer of `heads` SSM heads (inner width heads * head_dim)."""
+    if heads <= 0 or heads % config.n_groups:
+        raise ValueError(f"layer_heads[{layer_idx}] = {heads}: must be a positive multiple of n_groups = {config.n_groups}")
+    inner = heads * config.head_dim
+    layer_config = _LayerConfig(config, num_heads=heads, expand=Fraction(inner, config.hidden_size))
+    return Mamba2Mixer(layer_config, layer_idx=layer_idx, initialize_mixer_weights=False)
+
+
 class ShedderMamba2ForCausalLM(Mamba2ForCausalLM):
     config_class = ShedderMamba2Config
 
     def __init__(self, config):
         super().__init__(config)
         _replace_removed_ssms(self, Mamba2MixerWithoutSSM)
+        removed = set(config.ssm_removed_layers or [])
+        layer_heads = getattr(config, "layer_heads", None)
+        if layer_heads is not None and len(layer_heads) != config.num_hidden_layers:
+            raise ValueError(f"layer_heads has {len(layer_heads)} entries for {config.num_hidden_layers} layers")
+        for index, heads in enumerate(layer_heads or []):
+            if index not in removed and heads != config.num_heads:
+                self.backbone.layers[index].mixer = mamba2_mixer_with_heads(config, index, heads)
