@@ -130,6 +130,9 @@ def test_head_pruned_model_prunes_again():
     assert params(first.model) - params(second) == first.removed_params(removed)
     assert second.config.layer_heads == [4, 8, 4] and second.config.ssm_removed_layers == [1]
     assert second.config.source_layers == [1, 2, 3]
+    assert first.pruned_model([Candidate(2, "mamba_block")]).config.layer_heads == [8, 4, 6]
+    whole = first.pruned_model([Candidate(1, "mamba_block"), Candidate(3, "mamba_block")]).config
+    assert whole.layer_heads is None and whole.source_layers == [0, 2] and "layer_heads" not in whole.to_dict()
 
 
 @torch.no_grad()

@@ -203,6 +203,8 @@ class Mamba2Adapter(MambaFamilyAdapter):
         with_ssm = {old for old in keep if self.has_ssm(old) and old not in new_ssm_less}
         kept = {old: self.kept_heads(old, gone.get(old, set())) for old in with_ssm}
         layer_heads = [len(kept[old]) if old in with_ssm else config.num_heads for old in keep]
+        if all(h == config.num_heads for h in layer_heads):  # the head-pruned layers went whole
+            layer_heads = None
 
         config_dict = config.to_dict()
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "ssm_removed_layers", "layer_heads"):
