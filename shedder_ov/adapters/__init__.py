@@ -5,12 +5,13 @@ from __future__ import annotations
 from ..errors import ShedderError
 from .base import FamilyAdapter, MambaFamilyAdapter, count_params
 from .components import REPEATABLE, TARGETS, Candidate, Target
+from .falcon_h1 import FalconH1Adapter
 from .mamba import FalconMambaAdapter, MambaAdapter
 from .mamba2 import Mamba2Adapter
 from .zamba2 import Zamba2Adapter
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {
-    model_type: adapter for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, Zamba2Adapter) for model_type in adapter.model_types
+    model_type: adapter for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, Zamba2Adapter, FalconH1Adapter) for model_type in adapter.model_types
 }
 
 

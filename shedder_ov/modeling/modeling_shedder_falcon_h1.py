@@ -17,7 +17,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, initialization as init
+from transformers import GenerationMixin
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
@@ -68,7 +68,7 @@ class FalconH1MixerWithoutSSM(nn.Module):
         if self.mamba_rms_norm:
             self.norm = FalconH1RMSNormGated(inner, eps=config.rms_norm_eps, n_groups=self.n_groups, norm_before_gate=config.mamba_norm_before_gate)
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=config.projectors_bias)
-        self.register_buffer("mup_vector", ssm_less_mup_vector(config), persistent=False)
+        self.register_buffer("mup_vector", ssm_less_mup_vector(config))
 
     def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
         dtype = hidden_states.dtype
@@ -108,8 +108,8 @@ class ShedderFalconH1DecoderLayer(nn.Module):
         self.mamba = None
         if spec["mamba_heads"]:
             self.mamba = FalconH1Mixer(local, layer_idx) if spec["ssm"] else FalconH1MixerWithoutSSM(local, layer_idx)
-            if spec["ssm"]:
-                self.mamba.register_buffer("mup_vector", compute_mup_vector(local), persistent=False)
+            if spec["ssm"]:  # persistent here (stock rebuilds it on load): the checkpoint carries its multipliers
+                self.mamba.register_buffer("mup_vector", compute_mup_vector(local))
         has_mixer = self.self_attn is not None or self.mamba is not None
         self.input_layernorm = FalconH1RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if has_mixer else None
         self.feed_forward = FalconH1MLP(local) if spec["mlp_width"] else None
@@ -117,10 +117,6 @@ class ShedderFalconH1DecoderLayer(nn.Module):
         self.attention_in_multiplier = config.attention_in_multiplier
         self.ssm_out_multiplier = config.ssm_out_multiplier
         self.attn_out_multiplier = config.attention_out_multiplier
-
-    def mup_vector(self) -> torch.Tensor:
-        """The muP vector of this layer's Mamba branch (a non-persistent buffer, rebuilt on load)."""
-        return compute_mup_vector(self.local_config) if isinstance(self.mamba, FalconH1Mixer) else ssm_less_mup_vector(self.local_config)
 
     def forward(self, hidden_states, attention_mask=None, mamba_attention_mask=None, past_key_values=None, position_embeddings=None, **kwargs):
         if self.input_layernorm is not None:
@@ -147,12 +143,6 @@ class ShedderFalconH1PreTrainedModel(FalconH1PreTrainedModel):
     config_class = ShedderFalconH1Config
     _no_split_modules = ["ShedderFalconH1DecoderLayer"]
     _can_record_outputs = None
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, ShedderFalconH1DecoderLayer) and module.mamba is not None:
-            init.copy_(module.mamba.mup_vector, module.mup_vector())
 
 
 class ShedderFalconH1Model(ShedderFalconH1PreTrainedModel):
