@@ -106,8 +106,9 @@ def forward_with_states(adapter, input_ids, attention_mask, states):
             if layer.self_attn is not None:
                 key_state, value_state = pending.pop(0), pending.pop(0)
                 if rope is None:  # every attention layer has seen the same tokens
-                    past = key_state.shape[2]
-                    positions = torch.arange(past, past + input_ids.shape[1], device=hidden.device)[None]
+                    # arange(l) + past, not arange(past, past + l): a static-shape compile then
+                    # knows the positions' length (the decode step's Ifs fold away)
+                    positions = torch.arange(input_ids.shape[1], device=hidden.device)[None] + key_state.shape[2]
                     rope = model.rotary_emb(hidden, positions)
             if layer.mamba is not None:
                 if hasattr(layer.mamba, "A_log"):

@@ -50,8 +50,10 @@ def cached_attention(q, k, v, key_state, value_state, groups: int, scale: float)
     """Causal SDPA of the new tokens' q [b, heads, l, d] over the cached keys and their own k, v
     [b, kv_heads, l, d] (RoPE'd); returns the output [b, l, heads * d] and the grown key / value
     states. (GQA repeats by the stock `repeat_kv`, the mask reads the length off the unrepeated
-    cache: the forms the CPU plugin's KV-cache fusion recognises.) Shared by the hybrids' graphs."""
-    batch, length = q.shape[0], q.shape[2]
+    cache: the forms the CPU plugin's KV-cache fusion recognises.) Shared by the hybrids' graphs.
+    The length is read off v: RoPE'd q/k may carry a dynamic length from the positions' Range,
+    which would keep the decode step's If alive downstream."""
+    batch, length = v.shape[0], v.shape[2]
     key_state, value_state = torch.cat([key_state, k], dim=2), torch.cat([value_state, v], dim=2)
     keys, values = repeat_kv(key_state, groups), repeat_kv(value_state, groups)
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=causal_mask(q, key_state), scale=scale)
