@@ -1,8 +1,9 @@
 """OpenVINO export configs, registered with optimum-intel's TasksManager for every family we
 export: the stock mamba / falcon_mamba / zamba2 entries are replaced (their graphs are slow and
 inexact on long prompts, Zamba2's is wrong on OpenVINO >= 2026.1, all are capped at older
-transformers), mamba2, falcon_h1 (optimum-intel has no export for it) and our pruned types are added. One config class serves every family;
-what differs (the traced graph, the per-layer states) comes from `FAMILY_EXPORTS`."""
+transformers), mamba2, falcon_h1 (optimum-intel has no export for it) and our pruned types are
+added. One config class serves every family; what differs (the traced graph, the per-layer
+states) comes from `FAMILY_EXPORTS`."""
 
 from __future__ import annotations
 
