@@ -61,7 +61,8 @@ def _method_fingerprint(recipe: Recipe) -> dict:
     method = recipe.search.method
     if method in EXACT_METHODS:
         return {}
-    return {"method": method, **({"halving_keep": recipe.search.halving_keep} if method == "halving" else {})}
+    settings = {"halving": {"halving_keep": recipe.search.halving_keep}, "ranked": {"shortlist": recipe.search.shortlist}}
+    return {"method": method, **settings.get(method, {})}
 
 
 def _check_output(recipe: Recipe, force: bool, resume: bool) -> None:
@@ -237,6 +238,7 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
             log,
             method=recipe.search.method,
             halving_keep=recipe.search.halving_keep,
+            shortlist=recipe.search.shortlist,
             seed=recipe.seed,
         )
         if log.header() is None:  # only once the stop rule is known to be feasible

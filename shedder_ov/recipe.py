@@ -13,7 +13,7 @@ from .adapters.components import Target
 from .errors import ShedderError
 
 DataFormat = Literal["text", "jsonl", "alpaca"]
-SearchMethod = Literal["fast", "naive", "halving", "shortgpt", "random", "last_k"]
+SearchMethod = Literal["fast", "naive", "halving", "ranked", "shortgpt", "random", "last_k"]
 EXACT_METHODS = ("fast", "naive")
 FORMAT_BY_SUFFIX = {".txt": "text", ".raw": "text", ".jsonl": "jsonl", ".json": "alpaca"}
 
@@ -110,9 +110,11 @@ class SearchSpec(Strict):
         "fast",
         description="fast/naive: exact greedy (fast batches candidates over the reused residual stream; same "
         "decisions); halving: approximate greedy by successive halving over calibration batches; "
-        "shortgpt/random/last_k: fixed-order baselines",
+        "ranked: approximate greedy for many small candidates (heads, channels): rank by how much each changes "
+        "its own layer's output, confirm the shortlist by PPL; shortgpt/random/last_k: fixed-order baselines",
     )
     halving_keep: float = Field(0.25, gt=0, lt=1, description="share of candidates kept per halving round")
+    shortlist: int = Field(8, gt=0, description="ranked: candidates per step scored by PPL")
     apply: Path | None = Field(
         None, description="apply this removal list (our result.json or a reference pruning_config.json) instead of searching"
     )

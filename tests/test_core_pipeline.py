@@ -232,11 +232,11 @@ def test_bad_recipes(tmp_path, tiny_checkpoint):
     _bad(tmp_path, "at most 3 removals of the 4", **base, search={"targets": ["mamba_block"], "stop": {"num_components": 9}})
     _bad(tmp_path, "is impossible", **base, search={"targets": ["ssm"], "stop": {"param_reduction_pct": 90}})
     _bad(tmp_path, "exactly one of num_components", **base, search={"stop": {"num_components": 1, "param_reduction_pct": 5}})
-    _bad(tmp_path, "search.targets: mlp not in a mamba2 model (it has: layer, mamba_block, ssm)", **base,
+    _bad(tmp_path, "search.targets: mlp not in a mamba2 model (it has: layer, mamba_block, ssm, ssm_heads)", **base,
          search={"targets": ["mlp"], "stop": {"num_components": 1}})  # fmt: skip
-    hybrid = str(require(MODELS / "falcon-h1-tiny"))
-    message = _bad(tmp_path, "unsupported architecture model_type='falcon_h1'", **{**base, "model": hybrid}, search=stop)
-    assert "mamba2" in message and "zamba2" in message
+    hybrid = str(require(MODELS / "granitemoehybrid-tiny"))
+    message = _bad(tmp_path, "unsupported architecture model_type='granitemoehybrid'", **{**base, "model": hybrid}, search=stop)
+    assert "falcon_h1" in message and "zamba2" in message
     assert not (tmp_path / "o" / "pruned").exists()
 
 

@@ -93,3 +93,48 @@ def test_baselines_give_ppl_rows(adapter, windows, tmp_path, method):
 
 def test_cpu_uses_torch_kernels():
     assert kernels_for("cpu") is TORCH
+
+
+def ranked(adapter, windows, tmp_path, shortlist, log="ranked.jsonl", steps=2, **kw):
+    candidates = [c for c in adapter.candidates(["mamba_block", "ssm"]) if c.layer % 8 == 1]
+    scorer = PerplexityScorer(adapter, windows, 2, torch.device("cpu"), **kw)
+    stage = Stage(candidates, StopRule(num_components=steps))
+    found = GreedySearch(adapter, scorer, [stage], SearchLog(tmp_path / log), show_progress=False, method="ranked", shortlist=shortlist).run()
+    adapter.masked.clear()
+    return found
+
+
+def test_perturbation_is_the_relative_change_of_the_layer_output(adapter, windows):
+    from shedder_ov.adapters import Candidate
+
+    scorer = PerplexityScorer(adapter, windows, 2, torch.device("cpu"), cache_budget_bytes=1 << 20)  # stride > 1
+    assert scorer.stride > 1
+    candidate = Candidate(9, "ssm")
+    [score] = scorer.perturbations([candidate])
+    changed = size = 0.0
+    with torch.no_grad():
+        for ids in windows.split(2):
+            hidden = adapter.embed(ids)
+            for layer in range(9):
+                hidden = adapter.layer_forward(layer, hidden)
+            base = adapter.layer_forward(9, hidden).double()
+            adapter.mask(candidate)
+            changed += (adapter.layer_forward(9, hidden).double() - base).square().sum().item()
+            adapter.unmask(candidate)
+            size += base.square().sum().item()
+    assert math.isclose(score, changed / size, rel_tol=1e-6) and score > 0
+
+
+def test_ranked_confirms_its_shortlist_by_ppl(adapter, windows, tmp_path):
+    exact = search(adapter, windows, tmp_path, "fast", targets=("mamba_block", "ssm"), log="fast.jsonl")
+    everything = ranked(adapter, windows, tmp_path, shortlist=100, log="all.jsonl")
+    assert [r["candidate"] for r in everything.removed] == [r["candidate"] for r in exact.removed]  # nothing cut: exact
+    one = ranked(adapter, windows, tmp_path, shortlist=1)
+    records = SearchLog(tmp_path / "ranked.jsonl").records
+    rankings = [r for r in records if r["type"] == "ranking"]
+    assert [r["step"] for r in rankings] == [1, 2] and len(rankings[0]["scores"]) == 6
+    for row, ranking in zip(one.removed, rankings):  # the least disruptive candidate, its PPL exact
+        assert row["candidate"] == min(ranking["scores"], key=ranking["scores"].get)
+    assert one.evaluated_now == 1 + 2  # the base model, then one PPL per step
+    again = ranked(adapter, windows, tmp_path, shortlist=1)
+    assert again.evaluated_now == 0 and again.removed == one.removed  # resumed from the log, ranking included

@@ -152,13 +152,21 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
         parts = {"attention": ("attention_heads",), "mamba_block": ("ssm", "ssm_heads"), "mlp": ("mlp_channels",)}
         return outer.layer == inner.layer and (self.removes_layer(outer) or inner.kind in parts.get(outer.kind, ()))
 
+    def _emptied(self, layer: int, removed: list[Candidate]) -> bool:
+        """Whether `removed` leaves nothing of a layer (its attention, Mamba branch and MLP all gone)."""
+        kinds = {c.kind for c in removed if c.layer == layer}
+        return "layer" in kinds or all(k in kinds or not self._has(layer, k) for k in ("attention", "mamba_block", "mlp"))
+
     def available(self, candidate: Candidate, removed: list[Candidate]) -> bool:
         if not super().available(candidate, removed):
             return False
+        if self._emptied(candidate.layer, removed):  # nothing left to take (a whole layer would remove nothing)
+            return False
+        if self._emptied(candidate.layer, removed + [candidate]):  # emptying a layer is removing it: one must stay
+            gone = {c.layer for c in removed if self._emptied(c.layer, removed)}
+            return len(gone) < self.num_layers - 1
         mine = [c for c in removed if c.layer == candidate.layer]
         kinds = {c.kind for c in mine}
-        if candidate.kind == "layer":  # not once its parts are all gone: it would remove nothing
-            return not all(k in kinds or not self._has(candidate.layer, k) for k in ("attention", "mamba_block", "mlp"))
         if candidate.kind == "attention_heads":
             return sum(c.kind == "attention_heads" for c in mine) < self.specs[candidate.layer]["kv_heads"] - 1
         if candidate.kind == "ssm_heads":

@@ -36,6 +36,7 @@ def bench_method(
     method: str,
     halving_keep: float = 0.25,
     seed: int = 42,
+    shortlist: int = 8,
 ) -> dict:
     """One search of `steps` removals; the adapter's masks are left as they were."""
     before = set(adapter.masked)
@@ -51,6 +52,7 @@ def bench_method(
             show_progress=False,
             method=method,
             halving_keep=halving_keep,
+            shortlist=shortlist,
             seed=seed,
         )
         found = search.run()
@@ -118,7 +120,10 @@ def run_bench(recipe_path: Path, methods: list[str], steps: int, json_out: Path 
     adapter = adapter_for(model, str(recipe.model))
     windows = load_windows(recipe.calibration, load_tokenizer(recipe.model, recipe.tokenizer), recipe.seed)
     rows = [
-        bench_method(adapter, windows, recipe.calibration.batch_size, device, recipe.search.targets, steps, m, recipe.search.halving_keep, recipe.seed)
+        bench_method(
+            adapter, windows, recipe.calibration.batch_size, device, recipe.search.targets, steps, m,
+            recipe.search.halving_keep, recipe.seed, recipe.search.shortlist,
+        )
         for m in methods
     ]
     compare(rows)

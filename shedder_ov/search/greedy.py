@@ -12,7 +12,10 @@ Stop rules: `num_components` counts the stage's own removals; `param_reduction_p
 model's reduction so far; `max_ppl_increase_pct` is measured against the original model's PPL.
 
 `halving` (approximate) scores all candidates on the first batches only and re-scores the
-best fraction on twice as many, until the survivors are scored on all batches. The baselines
+best fraction on twice as many, until the survivors are scored on all batches. `ranked`
+(approximate, for many small candidates such as heads) ranks all candidates by how much each
+changes its own layer's output (`PerplexityScorer.perturbations`: one layer forward each instead
+of every later layer and the head) and scores only the `shortlist` least disruptive by PPL. The baselines
 (`shortgpt`, `random`, `last_k`) take candidates in a fixed order; each step still scores the
 PPL of its removal, so every method gives the same PPL-vs-removed rows."""
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..adapters import Candidate, FamilyAdapter
+from ..adapters.components import HEADED
 from ..errors import ShedderError
 from ..recipe import StopRule
 from .baselines import BASELINES
@@ -59,12 +63,16 @@ class SearchResult:
 
 
 def most_removable(adapter: FamilyAdapter, candidates: list[Candidate]) -> list[Candidate]:
-    """The largest removal these candidates allow: every part as often as it can go, every
-    whole layer but the smallest when they are all candidates (one layer must stay)."""
-    whole = sorted((c for c in candidates if adapter.removes_layer(c)), key=lambda c: adapter.removed_params([c]))
-    keep_one = len({c.layer for c in whole}) == adapter.num_layers
-    parts = [c for c in candidates if not adapter.removes_layer(c) for _ in range(adapter.capacity(c))]
-    return parts + whole[1 if keep_one else 0 :]
+    """The largest removal these candidates allow, as far as the adapter's rules let each go:
+    parts first (heads before the rest: one head per group always stays, and a branch's heads
+    and its scan exclude each other), then whole layers from the largest (one layer must stay)."""
+    parts = sorted((c for c in candidates if not adapter.removes_layer(c)), key=lambda c: c.kind not in HEADED)
+    whole = sorted((c for c in candidates if adapter.removes_layer(c)), key=lambda c: -adapter.removed_params([c]))
+    removed: list[Candidate] = []
+    for candidate in parts + whole:
+        while adapter.available(candidate, removed):
+            removed.append(candidate)
+    return removed
 
 
 class GreedySearch:
@@ -77,11 +85,12 @@ class GreedySearch:
         show_progress: bool = True,
         method: str = "fast",
         halving_keep: float = 0.25,
+        shortlist: int = 8,
         seed: int = 42,
     ):
         self.adapter, self.scorer, self.stages, self.log = adapter, scorer, stages, log
         self.show_progress = show_progress
-        self.method, self.halving_keep, self.seed = method, halving_keep, seed
+        self.method, self.halving_keep, self.shortlist, self.seed = method, halving_keep, shortlist, seed
         self._order: list[Candidate] | None = None
         self.original_params = adapter.num_params()
         for index in range(len(stages)):
@@ -169,6 +178,8 @@ class GreedySearch:
             return min(zip(scores, remaining), key=lambda s: s[0])  # min keeps the first of equal scores
         if self.method == "halving":
             return self._choose_halving(step, remaining, known, result)
+        if self.method == "ranked":
+            return self._choose_ranked(step, remaining, known, result)
         if self._order is None:
             self._order = BASELINES[self.method](self.scorer, stage.candidates, self.seed)
             if not any(r.get("type") == "order" and r.get("step", 1) == step for r in self.log.records):
@@ -201,6 +212,21 @@ class GreedySearch:
                 {"type": "halving", "step": step, "rounds": rounds, "choice": best.name, "differs_from_exact_on_first_batches": differs}
             )
         return best_ppl, best
+
+    def _choose_ranked(self, step, remaining, known, result) -> tuple[float, Candidate]:
+        """Rank by layer-output perturbation (logged once per step), confirm the shortlist by PPL."""
+        logged = next((r for r in self.log.records if r.get("type") == "ranking" and r["step"] == step), None)
+        if logged is None:
+            started = time.perf_counter()
+            scores = self.scorer.perturbations(remaining)
+            logged = {"type": "ranking", "step": step, "scores": {c.name: v for c, v in zip(remaining, scores)},
+                      "seconds": round(time.perf_counter() - started, 4)}
+            self.log.append(logged)
+        ranked = sorted(remaining, key=lambda c: logged["scores"][c.name])  # stable: earlier wins ties
+        shortlist = [c for c in remaining if c in set(ranked[: self.shortlist])]
+        self._advance(len(remaining) - len(shortlist))
+        scores = self._evaluate_many(step, shortlist, known, result)
+        return min(zip(scores, shortlist), key=lambda s: s[0])
 
     def run(self) -> SearchResult:
         started = time.perf_counter()

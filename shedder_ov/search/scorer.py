@@ -142,6 +142,35 @@ class PerplexityScorer:
             nll[i] = self._nll(adapter.head(stack[k * rows : (k + 1) * rows]), ids)
         return nll
 
+    @torch.no_grad()
+    def perturbations(self, candidates: Sequence[Candidate], batches: int | None = None) -> list[float]:
+        """Per candidate, how much masking it alone changes the output of its own layer on the
+        calibration stream entering that layer: sum ||masked - unmasked||² / sum ||unmasked||².
+        One layer forward per candidate (the exact PPL runs every later layer and the head)."""
+        if not self._cache:
+            self.rebase(0)
+        adapter = self.adapter
+        changed = torch.zeros(len(candidates), dtype=torch.float64)
+        size = torch.zeros(len(candidates), dtype=torch.float64)
+        by_layer: dict[int, list[int]] = {}
+        for i, candidate in enumerate(candidates):
+            by_layer.setdefault(candidate.layer, []).append(i)
+        for b, ids in enumerate(self.batches[:batches]):
+            for layer, members in by_layer.items():
+                if self.reuse_prefix:
+                    hidden = self._cache[self._entry(layer)][b]
+                    start = self._entry(layer)
+                else:
+                    hidden, start = adapter.embed(ids), 0
+                for earlier in range(start, layer):
+                    hidden = adapter.layer_forward(earlier, hidden)
+                base = adapter.layer_forward(layer, hidden).double()
+                for i in members:
+                    out = self._masked(candidates[i], layer, hidden).double()
+                    changed[i] += (out - base).square().sum().item()
+                    size[i] += base.square().sum().item()
+        return (changed / size).tolist()
+
     def _masked(self, candidate: Candidate, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         self.adapter.mask(candidate)
         try:
