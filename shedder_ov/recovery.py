@@ -29,8 +29,10 @@ console = Console(stderr=True)
 
 
 def lora_targets(adapter: FamilyAdapter, spec: RecoverySpec) -> list[str]:
-    targets = spec.lora.target_modules or list(adapter.lora_targets)
+    """The recipe's LoRA targets, or the family's defaults that the pruned model still has (a
+    pruned hybrid may have lost every MLP, say)."""
     valid = adapter.lora_target_choices()
+    targets = spec.lora.target_modules or [t for t in adapter.lora_targets if t in valid]
     unknown = [t for t in targets if t not in valid]
     if unknown:
         raise ShedderError(

@@ -206,3 +206,32 @@ def test_real_falcon_h1_tiny_masked_equals_pruned():
         pruned = adapter.pruned_model(removed)
         assert torch.allclose(adapter_for(pruned).logits(ids), expected, atol=1e-4)
     assert count_params(model) - count_params(pruned) == adapter.removed_params(removed)
+
+
+@torch.no_grad()
+def test_recovery_lora_defaults_merge_exactly(tmp_path):
+    """The reference's Hymba recovery targets (in_proj, out_proj, up_proj, down_proj) on a pruned
+    Falcon-H1, merged back into the same architecture with the tuned logits."""
+    from shedder_ov.recipe import parse_recipe
+    from shedder_ov.recovery import lora_targets, merged, prepare
+
+    adapter = adapter_for(tiny_falcon_h1())
+    adapter.set_channel_groups(16)
+    adapter.rank_channels("first")
+    pruned = adapter.pruned_model(EVERYTHING)
+    spec = parse_recipe(
+        {"model": "unused", "search": {"targets": ["layer"], "apply": "x.json"}, "output": str(tmp_path), "recovery": {"data": {"path": "t.txt"}}}
+    ).recovery
+    pruned_adapter = adapter_for(pruned)
+    assert lora_targets(pruned_adapter, spec) == ["in_proj", "out_proj", "up_proj", "down_proj"]
+    keys = set(pruned.state_dict())
+    module = prepare(pruned, pruned_adapter, spec)
+    for name, param in module.named_parameters():
+        if "lora_B" in name:
+            param.normal_(std=0.05)
+    module.eval()
+    tuned = pruned_adapter.logits(IDS)
+    assert not torch.allclose(tuned, adapter_for(adapter.pruned_model(EVERYTHING)).logits(IDS), atol=1e-3)
+    plain = merged(pruned, module)
+    assert set(plain.state_dict()) == keys and type(plain).__name__ == "ShedderFalconH1ForCausalLM"
+    assert torch.allclose(adapter_for(plain).logits(IDS), tuned, atol=1e-4)
