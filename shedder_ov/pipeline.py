@@ -15,7 +15,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from .adapters import Candidate, adapter_for
+from .adapters import HEADED, Candidate, adapter_for
 from .checkpoints import checkpoint_family, load_checkpoint, load_tokenizer, read_removal_list, resolve_device
 from .data import load_windows
 from .errors import ShedderError
@@ -113,6 +113,12 @@ def _removal_from_list(recipe: Recipe, adapter) -> list[Candidate]:
             adapter.validate(candidate)
     except ShedderError as error:
         raise ShedderError(f"search.apply: {recipe.search.apply}: {error}") from None
+    for step, candidate in enumerate(removed):  # a head needs its branch, and one head per group stays
+        if candidate.kind in HEADED and not adapter.available(candidate, removed[:step]):
+            raise ShedderError(
+                f"search.apply: {recipe.search.apply}: step {step + 1} removes {candidate.name}, which the steps before it "
+                "already removed or left as the last head of its branch (its branch target removes it all)"
+            )
     wrong = [c.name for c in removed if c.kind not in recipe.search.targets]
     if wrong:
         raise ShedderError(f"search.apply: {recipe.search.apply} removes {wrong[0]}, not among search.targets")

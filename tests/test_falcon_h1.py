@@ -235,3 +235,27 @@ def test_recovery_lora_defaults_merge_exactly(tmp_path):
     plain = merged(pruned, module)
     assert set(plain.state_dict()) == keys and type(plain).__name__ == "ShedderFalconH1ForCausalLM"
     assert torch.allclose(adapter_for(plain).logits(IDS), tuned, atol=1e-4)
+
+
+def test_bad_recipes_are_one_line_exit_2(tmp_path, tokenizer):
+    """Through the CLI, before any work: heads of a removed branch, the last head of a branch,
+    a group size that does not divide the MLPs, a target size no search can reach."""
+    from .test_core_pipeline import TRAIN_TEXT, _bad
+
+    folder = tmp_path / "tiny-falcon-h1"
+    tiny_falcon_h1().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    base = dict(model=str(folder), calibration={"path": str(TRAIN_TEXT), "num_samples": 4, "seq_len": 16}, output=str(tmp_path / "o"))
+    removal = tmp_path / "removal.json"
+    targets = ["attention", "attention_heads"]
+    for names, expected in (
+        (["layers.0.attn", "layers.0.attn.heads.1"], "step 2 removes layers.0.attn.heads.1, which the steps before it already removed"),
+        (["layers.2.attn.heads.0", "layers.2.attn.heads.1"], "left as the last head of its branch"),
+    ):
+        removal.write_text(json.dumps({"removed": [{"candidate": n} for n in names]}))
+        _bad(tmp_path, expected, **base, search={"targets": targets, "apply": str(removal)})
+    _bad(tmp_path, "search.group_size: 40 must divide the MLP width(s) [96]", **base,
+         search={"targets": ["mlp_channels"], "group_size": 40, "stop": {"num_components": 1}})  # fmt: skip
+    _bad(tmp_path, "search.stop.param_reduction_pct: 60.0% is impossible with targets ['attention_heads', 'ssm_heads']", **base,
+         search={"targets": ["attention_heads", "ssm_heads"], "stop": {"param_reduction_pct": 60}})  # fmt: skip
+    assert not (tmp_path / "o" / "pruned").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import ShedderError
 from .base import FamilyAdapter, MambaFamilyAdapter, count_params
-from .components import REPEATABLE, TARGETS, Candidate, Target
+from .components import HEADED, REPEATABLE, TARGETS, Candidate, Target
 from .falcon_h1 import FalconH1Adapter
 from .mamba import FalconMambaAdapter, MambaAdapter
 from .mamba2 import Mamba2Adapter
@@ -33,6 +33,7 @@ def adapter_for(model, source: str = "model") -> FamilyAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "HEADED",
     "REPEATABLE",
     "TARGETS",
     "Candidate",

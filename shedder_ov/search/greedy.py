@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..adapters import Candidate, FamilyAdapter
-from ..adapters.components import HEADED
+from ..adapters import HEADED, Candidate, FamilyAdapter
 from ..errors import ShedderError
 from ..recipe import StopRule
 from .baselines import BASELINES
