@@ -126,6 +126,8 @@ def test_perturbation_is_the_relative_change_of_the_layer_output(adapter, window
 
 
 def test_ranked_confirms_its_shortlist_by_ppl(adapter, windows, tmp_path):
+    from shedder_ov.adapters import Candidate
+
     exact = search(adapter, windows, tmp_path, "fast", targets=("mamba_block", "ssm"), log="fast.jsonl")
     everything = ranked(adapter, windows, tmp_path, shortlist=100, log="all.jsonl")
     assert [r["candidate"] for r in everything.removed] == [r["candidate"] for r in exact.removed]  # nothing cut: exact
@@ -136,5 +138,14 @@ def test_ranked_confirms_its_shortlist_by_ppl(adapter, windows, tmp_path):
     for row, ranking in zip(one.removed, rankings):  # the least disruptive candidate, its PPL exact
         assert row["candidate"] == min(ranking["scores"], key=ranking["scores"].get)
     assert one.evaluated_now == 1 + 2  # the base model, then one PPL per step
+    first = one.candidates[0]  # step 2's scores, carried before its layer, equal fresh ones
+    assert 0 < rankings[1]["scored"] < len(rankings[1]["scores"]) or first.layer == 1
+    adapter.mask(first)
+    scorer = PerplexityScorer(adapter, windows, 2, torch.device("cpu"))
+    names = list(rankings[1]["scores"])
+    fresh = scorer.perturbations([Candidate.parse(n) for n in names])
+    adapter.masked.clear()
+    for name, score in zip(names, fresh):
+        assert math.isclose(rankings[1]["scores"][name], score, rel_tol=1e-6), name
     again = ranked(adapter, windows, tmp_path, shortlist=1)
     assert again.evaluated_now == 0 and again.removed == one.removed  # resumed from the log, ranking included

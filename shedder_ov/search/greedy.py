@@ -213,19 +213,32 @@ class GreedySearch:
         return best_ppl, best
 
     def _choose_ranked(self, step, remaining, known, result) -> tuple[float, Candidate]:
-        """Rank by layer-output perturbation (logged once per step), confirm the shortlist by PPL."""
-        logged = next((r for r in self.log.records if r.get("type") == "ranking" and r["step"] == step), None)
+        """Rank by layer-output perturbation (logged once per step), confirm the shortlist by PPL.
+        The last removal (in layer L) changed nothing before L: within a stage, the scores of the
+        earlier layers carry over from the step before."""
+        logged = self._ranking(step)
         if logged is None:
             started = time.perf_counter()
-            scores = self.scorer.perturbations(remaining)
-            logged = {"type": "ranking", "step": step, "scores": {c.name: v for c, v in zip(remaining, scores)},
-                      "seconds": round(time.perf_counter() - started, 4)}
+            previous = self._ranking(step - 1) if step - 1 >= self._stage_start else None
+            carried = {}
+            if previous is not None:
+                changed = Candidate.parse(result.removed[-1]["candidate"]).layer
+                carried = {c.name: previous["scores"][c.name] for c in remaining if c.layer < changed}
+            todo = [c for c in remaining if c.name not in carried]
+            scores = {**carried, **dict(zip((c.name for c in todo), self.scorer.perturbations(todo)))}
+            logged = {
+                "type": "ranking", "step": step, "scores": {c.name: scores[c.name] for c in remaining},
+                "scored": len(todo), "seconds": round(time.perf_counter() - started, 4),
+            }  # fmt: skip
             self.log.append(logged)
         ranked = sorted(remaining, key=lambda c: logged["scores"][c.name])  # stable: earlier wins ties
         shortlist = [c for c in remaining if c in set(ranked[: self.shortlist])]
         self._advance(len(remaining) - len(shortlist))
         scores = self._evaluate_many(step, shortlist, known, result)
         return min(zip(scores, shortlist), key=lambda s: s[0])
+
+    def _ranking(self, step: int) -> dict | None:
+        return next((r for r in self.log.records if r.get("type") == "ranking" and r["step"] == step), None)
 
     def run(self) -> SearchResult:
         started = time.perf_counter()
@@ -258,6 +271,7 @@ class GreedySearch:
             result.ppl_original * (1 + stop.max_ppl_increase_pct / 100) if stop.max_ppl_increase_pct is not None else float("inf")
         )
         step, in_stage = len(removed) + 1, 0
+        self._stage_start = step
         while True:
             remaining = self._remaining(stage, removed)
             stopped_by = self._done(stop, in_stage, removed, remaining)
