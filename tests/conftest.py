@@ -84,3 +84,48 @@ def tiny_checkpoint(tmp_path, tokenizer):
         return folder
 
     return make
+
+
+def assert_runtime_matches_dynamic(ir_dir: Path) -> None:
+    """An IR with a KV cache: static-shape compiles (128-token pieces + remainder, the If-free
+    decode step with the plugin's fused KV-cache attention, KV of any length copied between them)
+    against the single dynamic compile; a prompt fed in three calls against the whole."""
+    import numpy as np
+
+    from shedder_ov.runtime import StatefulIR
+
+    ids = np.arange(1, 301)[None] % 8000
+    dynamic, fast = StatefulIR(ir_dir, specialize=False), StatefulIR(ir_dir, piece=128, config={"PERF_COUNT": True})
+    expected, got = [dynamic(ids)], [fast(ids)]
+    for _ in range(4):
+        expected.append(dynamic(expected[-1][:, -1:].argmax(-1)))
+        got.append(fast(got[-1][:, -1:].argmax(-1)))
+    assert max(np.abs(a - b).max() for a, b in zip(expected, got)) < 1e-4
+    assert set(fast.requests) == {(1, 128), None, (1, 1)}
+    executed = {info.node_type for info in fast.live.get_profiling_info()}
+    assert "If" not in executed and "ScaledDotProductAttentionWithKVCache" in executed  # the fused KV cache
+    dynamic.reset()
+    pieces = np.concatenate([dynamic(ids[:, :200]), dynamic(ids[:, 200:201]), dynamic(ids[:, 201:])], axis=1)
+    assert np.abs(expected[0] - pieces).max() < 1e-4
+
+
+def load_without_package(folder: Path, ids: torch.Tensor) -> dict:
+    """Load a checkpoint with trust_remote_code in a fresh interpreter where shedder_ov cannot
+    be imported; returns its class's module and name, its config and its logits on `ids`."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, json, torch
+sys.modules["shedder_ov"] = None  # any import of the package now fails
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(torch.tensor({ids.tolist()}), use_cache=False).logits
+print(json.dumps({{"module": type(model).__module__, "cls": type(model).__name__, "config": model.config.to_dict(), "logits": logits.tolist()}}))
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=folder.parent)
+    loaded = json.loads(output.stdout.strip().splitlines()[-1])
+    loaded["logits"] = torch.tensor(loaded["logits"])
+    return loaded

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from shedder_ov.adapters import Candidate, adapter_for
 from shedder_ov.errors import ShedderError
 
-from .conftest import FAMILIES, tiny_model
+from .conftest import FAMILIES, load_without_package, tiny_model
 
 IDS = torch.randint(0, 8192, (2, 40), generator=torch.Generator().manual_seed(1))
 REMOVALS = [
@@ -120,19 +117,9 @@ def test_pruned_checkpoint_loads_without_the_package(tmp_path):
     from .conftest import MODELS
 
     save_checkpoint(adapter.pruned_model(removed), AutoTokenizer.from_pretrained(MODELS / "mamba2-tiny"), tmp_path / "p")
-    script = f"""
-import sys, json, torch
-sys.modules["shedder_ov"] = None  # any import of the package now fails
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'p')!r}, trust_remote_code=True).eval()
-ids = torch.tensor({IDS[:1].tolist()})
-with torch.no_grad():
-    print(json.dumps({{"cls": type(model).__name__, "logits": model(ids, use_cache=False).logits.tolist()}}))
-"""
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
-    loaded = json.loads(output.stdout.strip().splitlines()[-1])
+    loaded = load_without_package(tmp_path / "p", IDS[:1])
     assert loaded["cls"] == "ShedderMamba2ForCausalLM"
-    assert torch.allclose(torch.tensor(loaded["logits"]), torch.tensor(expected), atol=1e-4)
+    assert torch.allclose(loaded["logits"], torch.tensor(expected), atol=1e-4)
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "p").config.ssm_removed_layers == [1]
 
 

@@ -16,7 +16,7 @@ from shedder_ov.export.states import zamba2_states
 from shedder_ov.modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM
 from shedder_ov.runtime import StatefulIR, read_ir
 
-from .conftest import MODELS, require
+from .conftest import MODELS, assert_runtime_matches_dynamic, require
 
 COMMON = dict(
     hidden_size=64, num_hidden_layers=6, layers_block_type=["mamba", "hybrid"] * 3, vocab_size=8192, n_mamba_heads=4,
@@ -107,19 +107,7 @@ def test_runtime_pieces_and_decode_match_dynamic(exported):
     plugin's fused KV-cache attention, KV of any length copied between them) against the single
     dynamic compile; a prompt fed in three calls against the whole."""
     _, ir_dir, _ = exported("pruned")
-    ids = np.arange(1, 301)[None] % 8000
-    dynamic, fast = StatefulIR(ir_dir, specialize=False), StatefulIR(ir_dir, piece=128, config={"PERF_COUNT": True})
-    expected, got = [dynamic(ids)], [fast(ids)]
-    for _ in range(4):
-        expected.append(dynamic(expected[-1][:, -1:].argmax(-1)))
-        got.append(fast(got[-1][:, -1:].argmax(-1)))
-    assert max(np.abs(a - b).max() for a, b in zip(expected, got)) < 1e-4
-    assert set(fast.requests) == {(1, 128), None, (1, 1)}
-    executed = {info.node_type for info in fast.live.get_profiling_info()}
-    assert "If" not in executed and "ScaledDotProductAttentionWithKVCache" in executed  # the fused KV cache
-    dynamic.reset()
-    pieces = np.concatenate([dynamic(ids[:, :200]), dynamic(ids[:, 200:201]), dynamic(ids[:, 201:])], axis=1)
-    assert np.abs(expected[0] - pieces).max() < 1e-4
+    assert_runtime_matches_dynamic(ir_dir)
 
 
 @pytest.mark.parametrize("mode", ["int8_asym", "int4_asym"])

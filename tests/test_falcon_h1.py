@@ -5,8 +5,6 @@ without shedder_ov, and the one-line refusals."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from shedder_ov.adapters import Candidate, adapter_for, count_params
 from shedder_ov.errors import ShedderError
 from shedder_ov.recipe import SearchSpec
 
-from .conftest import MODELS
+from .conftest import MODELS, load_without_package
 
 
 def tiny_falcon_h1_config(rms_norm: bool = False, **overrides) -> FalconH1Config:
@@ -143,18 +141,9 @@ def test_pruned_checkpoint_loads_without_the_package(tmp_path, tokenizer):
     with torch.no_grad():
         expected = masked(adapter, EVERYTHING)[:1].tolist()
     save_checkpoint(adapter.pruned_model(EVERYTHING), tokenizer, tmp_path / "p")
-    script = f"""
-import sys, json, torch
-sys.modules["shedder_ov"] = None  # any import of the package now fails
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'p')!r}, trust_remote_code=True).eval()
-with torch.no_grad():
-    print(json.dumps({{"cls": type(model).__name__, "logits": model(torch.tensor({IDS[:1].tolist()})).logits.tolist()}}))
-"""
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
-    loaded = json.loads(output.stdout.strip().splitlines()[-1])
+    loaded = load_without_package(tmp_path / "p", IDS[:1])
     assert loaded["cls"] == "ShedderFalconH1ForCausalLM"
-    assert torch.allclose(torch.tensor(loaded["logits"]), torch.tensor(expected), atol=1e-4)
+    assert torch.allclose(loaded["logits"], torch.tensor(expected), atol=1e-4)
 
 
 def test_availability_rules():

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from shedder_ov.modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM, Z
 from shedder_ov.modeling.zamba2_convert import from_stock_state_dict, load_zamba2
 from shedder_ov.pipeline import save_checkpoint
 
-from .conftest import MODELS, require
+from .conftest import MODELS, load_without_package, require
 
 M, H = "mamba", "hybrid"
 IDS = torch.randint(1, 8192, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -239,17 +237,8 @@ def test_mixed_checkpoint_loads_without_the_package(tmp_path, tokenizer):
     model.config.auto_map = auto_map("zamba2")
     save_checkpoint(model, tokenizer, tmp_path / "p")
     assert json.loads((tmp_path / "p" / "config.json").read_text())["layer_specs"][4]["mamba"] is False
-    script = f"""
-import sys, json, torch
-sys.modules["shedder_ov"] = None  # any import of the package now fails
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'p')!r}, trust_remote_code=True).eval()
-with torch.no_grad():
-    print(json.dumps({{"cls": type(model).__module__, "logits": model(torch.tensor({IDS.tolist()}), use_cache=False).logits.tolist()}}))
-"""
-    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
-    loaded = json.loads(output.stdout.strip().splitlines()[-1])
-    assert loaded["cls"].startswith("transformers_modules.")
+    loaded = load_without_package(tmp_path / "p", IDS)
+    assert loaded["module"].startswith("transformers_modules.")
     expected = model(IDS, use_cache=False).logits
-    assert torch.allclose(torch.tensor(loaded["logits"]), expected, atol=1e-5)
+    assert torch.allclose(loaded["logits"], expected, atol=1e-5)
     assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "p")(IDS, use_cache=False).logits, expected)

@@ -34,7 +34,7 @@ from ..modeling import ShedderFalconH1Config, ShedderFalconH1ForCausalLM, auto_m
 from .base import FamilyAdapter, count_params
 from .channels import MlpChannels, check_group_size
 from .components import Candidate
-from .mamba2 import group_heads, head_view, kept_head_tensors, split_projection, ssd_scan, ssm_less_tensors
+from .mamba2 import HeadViews, group_heads, head_view, kept_head_tensors, split_projection, ssd_scan, ssm_less_tensors
 
 _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 _BRANCH = {"attention": "attention", "attention_heads": "attention", "mamba_block": "mamba", "ssm": "mamba", "ssm_heads": "mamba"}
@@ -61,8 +61,7 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
         super().__init__(model)
         self.config = model.config
         self.specs = [layer_spec(layer, self.config.mamba_d_head) for layer in self.layers]
-        self._head_views: dict[tuple[int, frozenset[int]], nn.Module] = {}
-        self._ssm_less_views: dict[int, nn.Module] = {}
+        self._head_views = HeadViews()
 
     # ---- config-only checks --------------------------------------------------------
     @classmethod
@@ -238,10 +237,8 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
             return mixer(normed)  # already SSM-less: its own forward, from zero state
         gone = frozenset(self._gone(layer, "ssm_heads", self.masked))
         if gone:
-            key = (layer, gone)
-            if key not in self._head_views:
-                self._head_views[key] = head_view(mixer, self.kept_ssm_heads(layer, set(gone)))
-            mixer = self._head_views[key]
+            full = mixer
+            mixer = self._head_views.get(layer, gone, lambda: head_view(full, self.kept_ssm_heads(layer, set(gone))))
         return mamba_branch(mixer, normed, scan=not self.is_masked(layer, "ssm"))
 
     def _mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ class Mamba2Adapter(MambaFamilyAdapter):
                 raise ShedderError("Mamba-2 without the gated RMSNorm (rms_norm: false) is not supported")
         if config.hidden_act not in ("silu", "swish"):
             raise ShedderError(f"Mamba-2 with hidden_act={config.hidden_act!r} is not supported (silu only)")
-        self._head_views: dict[int, OrderedDict[frozenset[int], nn.Module]] = {}
+        self._head_views = HeadViews()
 
     @classmethod
     def check_stage(cls, config, stage, where: str, unshare: bool) -> None:
@@ -156,17 +156,7 @@ class Mamba2Adapter(MambaFamilyAdapter):
         self.masked[candidate] += 1
 
     def _head_view(self, layer: int, gone: frozenset[int]) -> nn.Module:
-        """The mixer of a layer with the heads of `gone` masked, cached per (layer, set); a layer
-        keeps its last two sets (the search's committed masks and the candidate being scored: a
-        view copies most of a mixer, and costs far less to build than one batch's forward)."""
-        views = self._head_views.setdefault(layer, OrderedDict())
-        if gone in views:
-            views.move_to_end(gone)
-        else:
-            views[gone] = head_view(self.layers[layer].mixer, self.kept_heads(layer, set(gone)))
-            while len(views) > 2:
-                views.popitem(last=False)
-        return views[gone]
+        return self._head_views.get(layer, gone, lambda: head_view(self.layers[layer].mixer, self.kept_heads(layer, set(gone))))
 
     def layer_forward(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         gone = frozenset(self._heads_gone(layer, self.masked))
@@ -336,6 +326,26 @@ def kept_head_tensors(mixer, heads: torch.Tensor) -> dict[str, torch.Tensor]:
     if getattr(mixer, "mup_vector", None) is not None:
         kept["mup_vector"] = mixer.mup_vector[..., rows["in_proj"]]
     return kept
+
+
+class HeadViews:
+    """The head views of each layer's mixer for its last two masked-head sets (the search's
+    committed masks and the candidate being scored): a view copies most of a mixer, and costs far
+    less to build than one batch's forward, so more would only hold memory."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._views: dict[int, OrderedDict[frozenset[int], nn.Module]] = {}
+
+    def get(self, layer: int, gone: frozenset[int], build) -> nn.Module:
+        views = self._views.setdefault(layer, OrderedDict())
+        if gone in views:
+            views.move_to_end(gone)
+        else:
+            views[gone] = build()
+            while len(views) > self.keep:
+                views.popitem(last=False)
+        return views[gone]
 
 
 def head_view(mixer, heads: torch.Tensor) -> nn.Module:

@@ -156,12 +156,12 @@ def mamba_ssm_less_mixer(adapter, mixer, hidden, mask, conv_state):
     return mixer.out_proj(mixer.act(x) * mixer.act(z)), conv_state
 
 
-def mamba2_mixer(mixer, hidden, mask, conv_state, ssm_state, dt_range):
-    """The Mamba-2 mixer (of Mamba-2 and Zamba2 layers): conv over [x, B, C], chunked SSD / one
-    step, the mixer's own gated RMSNorm; dt is clamped to `dt_range`, where the families differ."""
-    batch = hidden.shape[0]
+def mamba2_scan(mixer, projected, mask, conv_state, ssm_state, dt_range):
+    """A Mamba-2 mixer's conv over [x, B, C] and its scan, on in_proj's output, continuing the
+    conv window and SSM state; dt is clamped to `dt_range`, where the families differ. Returns y
+    (D skip included, [b, l, inner]), z and the new states; the gating is the family's."""
+    batch = projected.shape[0]
     groups, state = mixer.n_groups, mixer.ssm_state_size
-    projected = mixer.in_proj(hidden * mask[..., None])
     z, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
     xBC, conv_state = causal_conv(mixer.conv1d, xBC, conv_state)
     xBC = mixer.act(xBC) * mask[..., None]
@@ -178,6 +178,12 @@ def mamba2_mixer(mixer, hidden, mask, conv_state, ssm_state, dt_range):
         ssm_state,
     )
     y = (y + x.float() * mixer.D.float()[:, None]).reshape(batch, -1, mixer.intermediate_size)
+    return y, z, conv_state, ssm_state
+
+
+def mamba2_mixer(mixer, hidden, mask, conv_state, ssm_state, dt_range):
+    """The Mamba-2 mixer (of Mamba-2 and Zamba2 layers): `mamba2_scan`, the mixer's own gated RMSNorm."""
+    y, z, conv_state, ssm_state = mamba2_scan(mixer, mixer.in_proj(hidden * mask[..., None]), mask, conv_state, ssm_state, dt_range)
     return mixer.out_proj(mixer.norm(y, z).to(hidden.dtype)), conv_state, ssm_state
 
 

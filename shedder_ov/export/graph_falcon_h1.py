@@ -9,7 +9,7 @@ Attention: k scaled by `key_multiplier` before RoPE, RoPE positions from the key
 one SDPA over the grown KV cache (`graph_zamba2.cached_attention`: the form the CPU plugin fuses
 into its KV-cache SDPA). Mamba branch: in_proj of `ssm_in_multiplier · n` times the mixer's
 `mup_vector` (z, x, B, C, dt multipliers), the conv of `graph.causal_conv`, chunked SSD / one step
-(`graph.ssd_update`), dt clamped to `time_step_limit`, then y · silu(z) (`mamba_rms_norm: false`)
+(`graph.mamba2_scan`), dt clamped to `time_step_limit`, then y · silu(z) (`mamba_rms_norm: false`)
 or the grouped gated RMSNorm. An SSM-less branch: act(conv(x)) in place of the scan's output.
 Each layer takes and returns its states in `states.falcon_h1_states` order: key, value
 [b, kv_heads, past, head_dim], SSM state [b, heads, head_dim, n], conv window [b, channels, k-1].
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.falcon_h1.modeling_falcon_h1 import apply_rotary_pos_emb
 
-from .graph import causal_conv, ssd_update
+from .graph import causal_conv, mamba2_scan
 from .graph_zamba2 import cached_attention
 
 
@@ -52,24 +52,8 @@ def gated_output(mixer, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 def mixer_with_ssm(mixer, hidden, mask, conv_state, ssm_state):
     """The Falcon-H1 Mamba-2 branch (`FalconH1Mixer`, per-layer heads); returns out, conv, SSM state."""
-    batch, groups, state = hidden.shape[0], mixer.n_groups, mixer.ssm_state_size
     projected = scaled(mixer.in_proj(scaled(hidden * mask[..., None], mixer.ssm_in_multiplier)), mixer.mup_vector)
-    z, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
-    xBC, conv_state = causal_conv(mixer.conv1d, xBC, conv_state)
-    xBC = mixer.act(xBC) * mask[..., None]
-    x, B, C = xBC.split([mixer.intermediate_size, groups * state, groups * state], dim=-1)
-    dt = torch.clamp(F.softplus(dt + mixer.dt_bias), mixer.time_step_limit[0], mixer.time_step_limit[1])
-    x = x.reshape(batch, -1, mixer.num_heads, mixer.head_dim)
-    y, ssm_state = ssd_update(
-        x,
-        dt,
-        -torch.exp(mixer.A_log.float()),
-        B.reshape(batch, -1, groups, state),
-        C.reshape(batch, -1, groups, state),
-        mixer.chunk_size,
-        ssm_state,
-    )
-    y = (y + x.float() * mixer.D.float()[:, None]).reshape(batch, -1, mixer.intermediate_size)
+    y, z, conv_state, ssm_state = mamba2_scan(mixer, projected, mask, conv_state, ssm_state, mixer.time_step_limit)
     return mixer.out_proj(gated_output(mixer, y, z).to(hidden.dtype)), conv_state, ssm_state
 
 
