@@ -129,3 +129,30 @@ print(json.dumps({{"module": type(model).__module__, "cls": type(model).__name__
     loaded = json.loads(output.stdout.strip().splitlines()[-1])
     loaded["logits"] = torch.tensor(loaded["logits"])
     return loaded
+
+
+@torch.no_grad()
+def assert_generate_matches_recompute(model, prompt: torch.Tensor, new_tokens: int = 10) -> None:
+    """Greedy `generate` with the model's cache gives the tokens of full recompute, token by token."""
+    generated = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False)
+    sequence = prompt
+    for _ in range(new_tokens):
+        sequence = torch.cat([sequence, model(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, sequence)
+
+
+def exported_layouts(tmp_path_factory, tokenizer, build):
+    """get(layout) -> (checkpoint, IR folder, parity report) of `build(layout)`, exported (strict) once per module."""
+    from shedder_ov.export.exporter import export_checkpoint
+
+    cache = {}
+
+    def get(layout: str):
+        if layout not in cache:
+            root = tmp_path_factory.mktemp(layout)
+            build(layout).save_pretrained(root / "ckpt")
+            tokenizer.save_pretrained(root / "ckpt")
+            cache[layout] = (root / "ckpt", root / "ir", export_checkpoint(root / "ckpt", root / "ir", strict=True))
+        return cache[layout]
+
+    return get

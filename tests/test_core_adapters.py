@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from shedder_ov.adapters import Candidate, adapter_for
 from shedder_ov.errors import ShedderError
 
-from .conftest import FAMILIES, load_without_package, tiny_model
+from .conftest import FAMILIES, assert_generate_matches_recompute, load_without_package, tiny_model
 
 IDS = torch.randint(0, 8192, (2, 40), generator=torch.Generator().manual_seed(1))
 REMOVALS = [
@@ -94,13 +94,7 @@ def test_pruned_equals_masked_and_params_drop_exactly(family, removed):
 def test_pruned_generate_with_cache_matches_full_recompute(family):
     model = tiny_model(family)
     pruned = adapter_for(model).pruned_model([Candidate(0, "ssm"), Candidate(2, "mamba_block")])
-    prompt = IDS[:1, :12]
-    generated = pruned.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False)
-    sequence = prompt
-    for _ in range(10):
-        next_token = pruned(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-        sequence = torch.cat([sequence, next_token], dim=1)
-    assert torch.equal(generated, sequence)
+    assert_generate_matches_recompute(pruned, IDS[:1, :12])
 
 
 def test_pruned_checkpoint_loads_without_the_package(tmp_path):

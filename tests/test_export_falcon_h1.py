@@ -18,7 +18,7 @@ from shedder_ov.export.states import falcon_h1_states
 from shedder_ov.modeling import ShedderFalconH1Config, ShedderFalconH1ForCausalLM
 from shedder_ov.runtime import StatefulIR, read_ir
 
-from .conftest import MODELS, assert_runtime_matches_dynamic, require
+from .conftest import MODELS, assert_runtime_matches_dynamic, exported_layouts, require
 
 SMALL = dict(
     hidden_size=64, num_hidden_layers=4, vocab_size=8192, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -78,17 +78,7 @@ def state_count(config) -> int:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tokenizer):
-    cache = {}
-
-    def get(layout: str):
-        if layout not in cache:
-            root = tmp_path_factory.mktemp(layout)
-            tiny_falcon_h1(layout).save_pretrained(root / "ckpt")
-            tokenizer.save_pretrained(root / "ckpt")
-            cache[layout] = (root / "ckpt", root / "ir", export_checkpoint(root / "ckpt", root / "ir", strict=True))
-        return cache[layout]
-
-    return get
+    return exported_layouts(tmp_path_factory, tokenizer, tiny_falcon_h1)
 
 
 def test_states_follow_the_layout():

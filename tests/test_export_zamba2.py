@@ -16,7 +16,7 @@ from shedder_ov.export.states import zamba2_states
 from shedder_ov.modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM
 from shedder_ov.runtime import StatefulIR, read_ir
 
-from .conftest import MODELS, assert_runtime_matches_dynamic, require
+from .conftest import MODELS, assert_runtime_matches_dynamic, exported_layouts, require
 
 COMMON = dict(
     hidden_size=64, num_hidden_layers=6, layers_block_type=["mamba", "hybrid"] * 3, vocab_size=8192, n_mamba_heads=4,
@@ -61,17 +61,7 @@ def state_count(config) -> int:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tokenizer):
-    cache = {}
-
-    def get(layout: str):
-        if layout not in cache:
-            root = tmp_path_factory.mktemp(layout)
-            tiny_zamba2(layout).save_pretrained(root / "ckpt")
-            tokenizer.save_pretrained(root / "ckpt")
-            cache[layout] = (root / "ckpt", root / "ir", export_checkpoint(root / "ckpt", root / "ir", strict=True))
-        return cache[layout]
-
-    return get
+    return exported_layouts(tmp_path_factory, tokenizer, tiny_zamba2)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

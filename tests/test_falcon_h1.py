@@ -14,7 +14,7 @@ from shedder_ov.adapters import Candidate, adapter_for, count_params
 from shedder_ov.errors import ShedderError
 from shedder_ov.recipe import SearchSpec
 
-from .conftest import MODELS, load_without_package
+from .conftest import MODELS, assert_generate_matches_recompute, load_without_package
 
 
 def tiny_falcon_h1_config(rms_norm: bool = False, **overrides) -> FalconH1Config:
@@ -123,13 +123,7 @@ def test_generation_with_cache_equals_recompute(one_thread):
     adapter.set_channel_groups(16)
     adapter.rank_channels("first")
     pruned = adapter.pruned_model(EVERYTHING)
-    prompt = IDS[:1, :20]
-    with torch.no_grad():
-        generated = pruned.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False)
-        sequence = prompt
-        for _ in range(10):
-            sequence = torch.cat([sequence, pruned(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(generated, sequence)
+    assert_generate_matches_recompute(pruned, IDS[:1, :20])
 
 
 def test_pruned_checkpoint_loads_without_the_package(tmp_path, tokenizer):

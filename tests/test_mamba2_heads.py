@@ -14,7 +14,7 @@ from shedder_ov.adapters import Candidate, adapter_class_for, adapter_for
 from shedder_ov.errors import ShedderError
 from shedder_ov.recipe import SearchSpec, StageSpec, StopRule
 
-from .conftest import MODELS, load_without_package, require, tiny_model
+from .conftest import MODELS, assert_generate_matches_recompute, load_without_package, require, tiny_model
 
 IDS = torch.randint(0, 8192, (2, 40), generator=torch.Generator().manual_seed(1))
 
@@ -130,7 +130,7 @@ def test_head_pruned_model_prunes_again():
     assert second.config.source_layers == [1, 2, 3]
     assert first.pruned_model([Candidate(2, "mamba_block")]).config.layer_heads == [8, 4, 6]
     whole = first.pruned_model([Candidate(1, "mamba_block"), Candidate(3, "mamba_block")]).config
-    assert whole.layer_heads is None and whole.source_layers == [0, 2] and "layer_heads" not in whole.to_dict()
+    assert whole.model_type == "mamba2" and "layer_heads" not in whole.to_dict()  # nothing uneven left: stock
 
 
 @torch.no_grad()
@@ -147,13 +147,7 @@ def test_no_heads_lost_stays_as_before(tmp_path):
 @torch.no_grad()
 def test_pruned_generate_with_cache_matches_full_recompute():
     pruned = adapter_for(tiny(2)).pruned_model(heads(0, 1) + heads(1, 0, 3) + [Candidate(2, "ssm")])
-    prompt = IDS[:1, :12]
-    generated = pruned.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False)
-    sequence = prompt
-    for _ in range(10):
-        next_token = pruned(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-        sequence = torch.cat([sequence, next_token], dim=1)
-    assert torch.equal(generated, sequence)
+    assert_generate_matches_recompute(pruned, IDS[:1, :12])
 
 
 def test_head_pruned_checkpoint_loads_without_the_package(tmp_path, tokenizer):

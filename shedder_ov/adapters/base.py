@@ -317,25 +317,39 @@ class MambaFamilyAdapter(FamilyAdapter):
         return total
 
     # ---- surgery -------------------------------------------------------------------
+    layer_fields: ClassVar[tuple[str, ...]] = ("ssm_removed_layers",)  # our configs' per-layer fields
+
+    def pruned_mixers(self, removed: list[Candidate], keep: list[int]) -> dict[int, dict[str, torch.Tensor]]:
+        """The tensors of each kept layer's mixer that changes (by its source layer): here the
+        SSM-less remainder of a newly removed SSM."""
+        gone = {c.layer for c in removed if c.kind == "ssm"}
+        return {old: self.ssm_less_tensors(self.layers[old].mixer) for old in keep if old in gone}
+
+    def pruned_layer_fields(self, removed: list[Candidate], keep: list[int]) -> dict:
+        """Per-layer config fields beyond `ssm_removed_layers` the pruned model needs (none here)."""
+        return {}
+
     def pruned_model(self, removed: list[Candidate]) -> nn.Module:
         for candidate in removed:
             self.validate(candidate)
         blocks = {c.layer for c in removed if c.kind == "mamba_block"}
-        new_ssm_less = {c.layer for c in removed if c.kind == "ssm"} - blocks
         keep = [i for i in range(self.num_layers) if i not in blocks]
         if not keep:
             raise ShedderError("cannot remove every block of the model")
-        ssm_less = [new for new, old in enumerate(keep) if old in new_ssm_less or not self.has_ssm(old)]
+        mixers = self.pruned_mixers(removed, keep)
+        gone_ssm = {c.layer for c in removed if c.kind == "ssm"}
+        ssm_less = [new for new, old in enumerate(keep) if old in gone_ssm or not self.has_ssm(old)]
+        fields = self.pruned_layer_fields(removed, keep)
 
         config_dict = self.model.config.to_dict()
-        for key in ("model_type", "transformers_version", "architectures", "auto_map", "ssm_removed_layers"):
+        for key in ("model_type", "transformers_version", "architectures", "auto_map", *self.layer_fields):
             config_dict.pop(key, None)
         source = config_dict.pop("source_layers", None) or list(range(self.num_layers))
         config_dict["num_hidden_layers"] = len(keep)
-        if ssm_less:
+        if ssm_less or fields:
             config_class, model_class = PRUNED_CLASSES[self.family]
             config = config_class(
-                **config_dict, ssm_removed_layers=ssm_less, source_layers=[source[i] for i in keep]
+                **config_dict, ssm_removed_layers=ssm_less or None, source_layers=[source[i] for i in keep], **fields
             )
             config.auto_map = auto_map(self.family)
         else:
@@ -350,12 +364,12 @@ class MambaFamilyAdapter(FamilyAdapter):
                 state[key] = tensor.clone()
                 continue
             old, rest = int(match.group(1)), match.group(2)
-            if old in blocks or (old in new_ssm_less and rest.startswith("mixer.")):
+            if old in blocks or (old in mixers and rest.startswith("mixer.")):
                 continue
             state[f"backbone.layers.{keep.index(old)}.{rest}"] = tensor.clone()
-        for old in new_ssm_less:
-            for name, tensor in self.ssm_less_tensors(self.layers[old].mixer).items():
-                state[f"backbone.layers.{keep.index(old)}.mixer.{name}"] = tensor.clone()
+        for old, tensors in mixers.items():
+            for name, tensor in tensors.items():
+                state[f"backbone.layers.{keep.index(old)}.mixer.{name}"] = tensor.detach().clone()
 
         dtype = next(self.model.parameters()).dtype
         pruned = model_class(config).to(dtype)

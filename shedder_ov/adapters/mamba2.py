@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from collections import OrderedDict
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
 from ..errors import ShedderError
-from ..modeling import PRUNED_CLASSES, Mamba2MixerWithoutSSM, auto_map
+from ..modeling import Mamba2MixerWithoutSSM
 from ..kernels import kernels_for
 from .base import MambaFamilyAdapter, count_params
 from .components import Candidate
@@ -176,69 +175,28 @@ class Mamba2Adapter(MambaFamilyAdapter):
         return total
 
     # ---- surgery -------------------------------------------------------------------
-    def pruned_model(self, removed: list[Candidate]) -> nn.Module:
-        """As the other families, plus head removal: a model with any layer short of heads is a
-        ShedderMamba2ForCausalLM with `layer_heads`; one without stays as before (no new field)."""
-        for candidate in removed:
-            self.validate(candidate)
+    layer_fields = ("ssm_removed_layers", "layer_heads")
+
+    def pruned_mixers(self, removed, keep):
+        """Besides new SSM-less mixers: the layers that lose heads keep only the others' tensors."""
+        mixers = super().pruned_mixers(removed, keep)
+        for old, gone in self._removed_heads(removed).items():
+            if old in keep:
+                mixers[old] = kept_head_tensors(self.layers[old].mixer, self.kept_heads(old, gone))
+        return mixers
+
+    def pruned_layer_fields(self, removed, keep):
+        """`layer_heads` (every layer's head count) once a kept layer with its SSM is short of heads;
+        a model that lost no heads stays as before (no new field)."""
         gone = self._removed_heads(removed)
-        if not gone and all(self.full_width(i) for i in range(self.num_layers) if self.has_ssm(i)):
-            return super().pruned_model(removed)
-        blocks = {c.layer for c in removed if c.kind == "mamba_block"}
-        new_ssm_less = {c.layer for c in removed if c.kind == "ssm"} - blocks
-        keep = [i for i in range(self.num_layers) if i not in blocks]
-        if not keep:
-            raise ShedderError("cannot remove every block of the model")
-        config = self.model.config
-        with_ssm = {old for old in keep if self.has_ssm(old) and old not in new_ssm_less}
-        kept = {old: self.kept_heads(old, gone.get(old, set())) for old in with_ssm}
-        layer_heads = [len(kept[old]) if old in with_ssm else config.num_heads for old in keep]
-        if all(h == config.num_heads for h in layer_heads):  # the head-pruned layers went whole
-            layer_heads = None
-
-        config_dict = config.to_dict()
-        for key in ("model_type", "transformers_version", "architectures", "auto_map", "ssm_removed_layers", "layer_heads"):
-            config_dict.pop(key, None)
-        source = config_dict.pop("source_layers", None) or list(range(self.num_layers))
-        config_dict["num_hidden_layers"] = len(keep)
-        config_class, model_class = PRUNED_CLASSES[self.family]
-        ssm_less = [new for new, old in enumerate(keep) if old not in with_ssm]
-        pruned_config = config_class(
-            **config_dict,
-            ssm_removed_layers=ssm_less or None,
-            source_layers=[source[i] for i in keep],
-            layer_heads=layer_heads,
-        )
-        pruned_config.auto_map = auto_map(self.family)
-        pruned_config.architectures = [model_class.__name__]
-
-        state = {}
-        for key, tensor in self.model.state_dict().items():
-            match = re.match(r"^backbone\.layers\.(\d+)\.(.*)$", key)
-            if not match:
-                state[key] = tensor.clone()
-                continue
-            old, rest = int(match.group(1)), match.group(2)
-            if old in blocks or (rest.startswith("mixer.") and (old in new_ssm_less or old in with_ssm)):
-                continue
-            state[f"backbone.layers.{keep.index(old)}.{rest}"] = tensor.clone()
-        for old in keep:
-            mixer = self.layers[old].mixer
-            if old in new_ssm_less:
-                tensors = self.ssm_less_tensors(mixer)
-            elif old in with_ssm:
-                tensors = kept_head_tensors(mixer, kept[old])
-            else:
-                continue
-            for name, tensor in tensors.items():
-                state[f"backbone.layers.{keep.index(old)}.mixer.{name}"] = tensor.detach().clone()
-
-        dtype = next(self.model.parameters()).dtype
-        pruned = model_class(pruned_config).to(dtype)
-        pruned.load_state_dict(state, strict=True)
-        pruned.tie_weights()
-        pruned.eval()
-        return pruned
+        without_ssm = {c.layer for c in removed if c.kind == "ssm"}
+        heads = self.model.config.num_heads
+        layer_heads = [
+            self.num_heads(old) - len(gone.get(old, ())) * self.model.config.n_groups
+            if self.has_ssm(old) and old not in without_ssm else heads
+            for old in keep
+        ]  # fmt: skip
+        return {"layer_heads": layer_heads} if any(h != heads for h in layer_heads) else {}
 
     def split_projection(self, mixer, projected):
         return split_projection(mixer, projected)
