@@ -156,3 +156,20 @@ def exported_layouts(tmp_path_factory, tokenizer, build):
         return cache[layout]
 
     return get
+
+
+def assert_real_model_exports(source: Path, ir_dir: Path, states: int, story: str) -> None:
+    """A trained model exports with strict parity, has `states` state variables, and its IR's
+    greedy continuation of "Once upon a time" starts with `story` (its MODEL_CARD.md sample)."""
+    import numpy as np
+
+    from shedder_ov.checkpoints import load_tokenizer
+    from shedder_ov.export.exporter import export_checkpoint
+    from shedder_ov.runtime import StatefulIR, read_ir
+
+    assert export_checkpoint(source, ir_dir, strict=True)["parity"]["ok"]
+    assert len(read_ir(ir_dir).get_variables()) == states
+    tokenizer = load_tokenizer(source)
+    prompt = np.array(tokenizer("Once upon a time", add_special_tokens=False)["input_ids"])
+    tokens, _ = StatefulIR(ir_dir).greedy(prompt, len(tokenizer(story)["input_ids"]))
+    assert tokenizer.decode(list(prompt) + tokens).startswith(story)

@@ -4,21 +4,19 @@ from 1; its runtime, compression, the real falcon-h1-tiny."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
 from shedder_ov.adapters import adapter_for
 from shedder_ov.export.compress import CompressOptions, compress_ir
-from shedder_ov.export.exporter import export_checkpoint
 from shedder_ov.export.graph_falcon_h1 import forward_with_states
 from shedder_ov.export.parity import torch_greedy
 from shedder_ov.export.states import falcon_h1_states
 from shedder_ov.modeling import ShedderFalconH1Config, ShedderFalconH1ForCausalLM
-from shedder_ov.runtime import StatefulIR, read_ir
+from shedder_ov.runtime import read_ir
 
-from .conftest import MODELS, assert_runtime_matches_dynamic, exported_layouts, require
+from .conftest import MODELS, assert_real_model_exports, assert_runtime_matches_dynamic, exported_layouts, require
 
 SMALL = dict(
     hidden_size=64, num_hidden_layers=4, vocab_size=8192, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -184,15 +182,5 @@ def test_compressed_variants_generate(exported, tmp_path, mode):
 def test_real_falcon_h1_tiny(tmp_path):
     """The trained falcon-h1-tiny (12 hybrid layers, GQA, RoPE, chunk 128) exports with strict
     parity and continues the model card's story."""
-    from shedder_ov.checkpoints import load_tokenizer
-
-    source = require(MODELS / "falcon-h1-tiny")
-    report = export_checkpoint(source, tmp_path / "ir", strict=True)
-    assert report["parity"]["ok"]
-    assert len(read_ir(tmp_path / "ir").get_variables()) == 12 * 4
-    tokenizer = load_tokenizer(source)
-    prompt = np.array(tokenizer("Once upon a time", add_special_tokens=False)["input_ids"])
-    tokens, _ = StatefulIR(tmp_path / "ir").greedy(prompt, 30)
-    text = tokenizer.decode(list(prompt) + tokens)
     story = "Once upon a time, there was a little girl named Lily. She loved to play with her toys and her friends."
-    assert text.startswith(story)  # MODEL_CARD.md's greedy sample
+    assert_real_model_exports(require(MODELS / "falcon-h1-tiny"), tmp_path / "ir", 12 * 4, story)
