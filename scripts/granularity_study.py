@@ -1,0 +1,392 @@
+"""Granularity study: PPL-vs-parameters curves of block-, branch- and head-level pruning, and the
+cost of a head-level search (exact greedy vs ranked vs halving), on falcon-h1-tiny and mamba2-tiny.
+
+    python scripts/granularity_study.py prepare            # here: windows + models into .device/
+    # on the GPU (scripts/device_study.sh runs this after installing the carried wheels):
+    python scripts/granularity_study.py device --models /tmp/models --data .device/study_data.pt --out $OUT [--jobs a,b]
+    python scripts/granularity_study.py cpu-bench --steps 2 # here: fast vs ranked on this CPU
+    python scripts/granularity_study.py plot --runs runs/study   # JSON + PNG under docs/study/<model>/
+
+Every job is one greedy search (GreedySearch, as `shedder-ov prune` runs it; channel stages get
+set_channel_groups + rank_channels as in pipeline.search_stages) on the recipes' calibration:
+tinystories train, 16 x 128 windows, seed 42, batch 8. A job may carry a wall-time cap: it then stops
+after the last step that finished in time (the curve says how far it got). Each step records its
+cumulative wall time and evaluation count, so the cost table reads any common step N off the runs.
+Held-out PPL: tinystories eval.txt, the first 64 windows of 256 tokens, on chosen steps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import types
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MODELS = ("falcon-h1-tiny", "mamba2-tiny")
+CALIB = {"num_samples": 16, "seq_len": 128, "batch_size": 8}
+SEED = 42
+HELD_OUT = {"seq_len": 256, "windows": 64}
+CURVE_PCT = 30.0
+
+# name -> (model, targets, method, shortlist, stop %, cap seconds, kind). kind: "curve" is a
+# PPL-vs-parameters curve; "bench" a search-cost row (targets of the cost comparison).
+FALCON_HEADS = ["attention_heads", "ssm_heads"]
+JOBS = {
+    # search cost, falcon-h1-tiny [attention_heads, ssm_heads]
+    "f-bench-fast": ("falcon-h1-tiny", FALCON_HEADS, "fast", 8, None, None, "bench"),
+    "f-bench-ranked4": ("falcon-h1-tiny", FALCON_HEADS, "ranked", 4, None, None, "bench"),
+    "f-bench-ranked8": ("falcon-h1-tiny", FALCON_HEADS, "ranked", 8, None, None, "bench"),
+    "f-bench-ranked16": ("falcon-h1-tiny", FALCON_HEADS, "ranked", 16, None, None, "bench"),
+    "f-bench-halving": ("falcon-h1-tiny", FALCON_HEADS, "halving", 8, None, None, "bench"),
+    # curves, falcon-h1-tiny
+    "f-layer": ("falcon-h1-tiny", ["layer"], "fast", 8, CURVE_PCT, None, "curve"),
+    "f-branch": ("falcon-h1-tiny", ["attention", "mamba_block", "ssm", "mlp"], "fast", 8, CURVE_PCT, None, "curve"),
+    "f-branch-layer": ("falcon-h1-tiny", ["layer", "attention", "mamba_block", "ssm", "mlp"], "fast", 8, CURVE_PCT, None, "curve"),
+    "f-heads": ("falcon-h1-tiny", ["attention_heads", "ssm_heads", "mlp_channels"], "fast", 8, CURVE_PCT, 200, "curve"),
+    "f-heads-ranked8": ("falcon-h1-tiny", ["attention_heads", "ssm_heads", "mlp_channels"], "ranked", 8, CURVE_PCT, 150, "curve"),
+    # curves, mamba2-tiny (the ssm_heads exact curve doubles as its cost reference)
+    "m-block": ("mamba2-tiny", ["mamba_block"], "fast", 8, CURVE_PCT, None, "curve"),
+    "m-ssm": ("mamba2-tiny", ["ssm"], "fast", 8, CURVE_PCT, None, "curve"),
+    "m-heads": ("mamba2-tiny", ["ssm_heads"], "fast", 8, CURVE_PCT, 200, "curve"),
+    "m-heads-ranked8": ("mamba2-tiny", ["ssm_heads"], "ranked", 8, CURVE_PCT, 200, "curve"),
+    "m-heads-ranked4": ("mamba2-tiny", ["ssm_heads"], "ranked", 4, None, None, "bench"),
+    "m-heads-ranked16": ("mamba2-tiny", ["ssm_heads"], "ranked", 16, None, None, "bench"),
+    "m-heads-halving": ("mamba2-tiny", ["ssm_heads"], "halving", 8, None, None, "bench"),
+}
+BENCH_STEPS = 16  # steps of the "bench" jobs (and the step N at which the cost table compares)
+CHANNELS = {"group_size": 64, "channel_order": "weight_l1"}
+
+
+def _import_shedder():
+    # the OpenVINO export is not needed (nor installed) on the device
+    sys.modules.setdefault("shedder_ov.export", types.ModuleType("shedder_ov.export"))
+    sys.path.insert(0, str(ROOT))
+    import shedder_ov  # noqa: F401  (registers the pruned classes)
+
+
+# ---- prepare (here) ---------------------------------------------------------------------------
+def prepare(args) -> None:
+    _import_shedder()
+    from shedder_ov.checkpoints import load_tokenizer
+    from shedder_ov.data import load_windows
+    from shedder_ov.evaluation.ppl import eval_windows
+    from shedder_ov.recipe import CalibrationSpec
+
+    data = {}
+    for name in MODELS:
+        tokenizer = load_tokenizer(SHARED / "models" / name)
+        spec = CalibrationSpec(path=SHARED / "data/tinystories/train.txt", num_samples=CALIB["num_samples"], seq_len=CALIB["seq_len"])
+        held = eval_windows("tinystories", tokenizer, HELD_OUT["seq_len"], HELD_OUT["windows"], SHARED / "data")
+        data[name] = {"calibration": load_windows(spec, tokenizer, SEED), "held_out": held}
+        print(name, tuple(data[name]["calibration"].shape), tuple(held.shape))
+    out = ROOT / ".device"
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    torch.save(data, out / "study_data.pt")
+    tarball = out / "models" / "study.tar.xz"
+    if not tarball.exists():
+        files = " ".join(f"{m}/config.json {m}/model*.safetensors*" for m in MODELS)
+        os.system(f"cd {SHARED / 'models'} && tar cf - {files} | xz -6 -T1 > {tarball}")
+    print("wrote", out / "study_data.pt", tarball)
+
+
+# ---- one search -------------------------------------------------------------------------------
+def _capped_search_class():
+    from shedder_ov.search import GreedySearch
+
+    class CappedSearch(GreedySearch):
+        """GreedySearch that stops once `deadline` (perf_counter) has passed, and records the
+        cumulative wall time and evaluations after every step."""
+
+        deadline: float = math.inf
+        started: float = 0.0
+        trace: list
+
+        def _choose(self, step, stage, remaining, known, result):
+            chosen = super()._choose(step, stage, remaining, known, result)
+            if self.scorer.batches[0].is_cuda:
+                torch.cuda.synchronize()
+            self.trace.append({"step": step, "seconds": time.perf_counter() - self.started, "evaluations": result.evaluations,
+                               "candidates": len(remaining)})
+            return chosen
+
+        def _done(self, stop, in_stage, removed, remaining):
+            why = super()._done(stop, in_stage, removed, remaining)
+            if not why and time.perf_counter() > self.deadline:
+                why = f"time cap ({len(removed)} steps done)"
+            return why
+
+    return CappedSearch
+
+
+def stop_rule(adapter, candidates, pct: float | None, steps: int | None):
+    """`pct`% of the parameters, or as far as the candidates reach if that is less."""
+    from shedder_ov.recipe import StopRule
+    from shedder_ov.search.greedy import most_removable
+
+    if pct is None:
+        return StopRule(num_components=steps)
+    most = most_removable(adapter, candidates)
+    reachable = adapter.removed_params(most) / adapter.num_params() * 100
+    if reachable <= pct:
+        return StopRule(num_components=len(most))
+    return StopRule(param_reduction_pct=pct)
+
+
+def run_job(name: str, adapter, data: dict, device, cap: float | None, steps: int = BENCH_STEPS, held: bool = True) -> dict:
+    from shedder_ov.search import PerplexityScorer, SearchLog, Stage
+    import tempfile
+
+    model, targets, method, shortlist, pct, _, kind = JOBS[name]
+    adapter.masked = Counter()
+    channels = "mlp_channels" in targets
+    if channels:
+        adapter.set_channel_groups(CHANNELS["group_size"])
+    windows = data["calibration"]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    scorer = PerplexityScorer(adapter, windows, CALIB["batch_size"], device, reuse_prefix=method != "naive")
+    setup = partial(adapter.rank_channels, CHANNELS["channel_order"], scorer.batches) if channels else None
+    if channels:
+        adapter.rank_channels(CHANNELS["channel_order"], scorer.batches)  # candidates() needs the groups set
+    candidates = adapter.candidates(targets)
+    stage = Stage(candidates, stop_rule(adapter, candidates, pct, steps), setup)
+    with tempfile.TemporaryDirectory() as tmp:
+        search = _capped_search_class()(
+            adapter, scorer, [stage], SearchLog(Path(tmp) / "log.jsonl"), show_progress=False,
+            method=method, shortlist=shortlist, seed=SEED,
+        )
+        search.started, search.trace = started, []
+        search.deadline = started + cap if cap else math.inf
+        found = search.run()
+    total = adapter.num_params()
+    row = {
+        "job": name, "model": model, "targets": targets, "method": method, "kind": kind,
+        "shortlist": shortlist if method == "ranked" else None, "halving_keep": 0.25 if method == "halving" else None,
+        "channels": CHANNELS if channels else None, "stop": stage.stop.model_dump(exclude_none=True),
+        "stopped_by": found.stopped_by, "cap_s": cap, "seconds": found.seconds, "evaluations": found.evaluations,
+        "params_total": total, "ppl_original": found.ppl_original, "candidates": len(candidates),
+        "steps": [
+            {**r, "pct_removed": r["params_removed"] / total * 100, **t}
+            for r, t in zip(found.removed, search.trace)
+        ],
+    }
+    if held:
+        row["held_out"] = held_out(adapter, found.candidates, data["held_out"], device)
+    adapter.masked = Counter()
+    return row
+
+
+def held_out(adapter, removed, windows, device, most: int = 24) -> dict:
+    """Held-out PPL after steps 0 (original), a spread of steps and the last one."""
+    from shedder_ov.search import PerplexityScorer
+
+    n = len(removed)
+    steps = sorted({0, n, *(round(n * k / most) for k in range(1, most))}) if n > most else list(range(n + 1))
+    scorer = PerplexityScorer(adapter, windows, 8, device, reuse_prefix=False)
+    found = {}
+    adapter.masked = Counter()
+    done = 0
+    for step in steps:
+        for candidate in removed[done:step]:
+            adapter.mask(candidate)
+        done = step
+        found[str(step)] = scorer.perplexity()
+    return found
+
+
+def load_model(path: Path, device):
+    from transformers import AutoModelForCausalLM
+
+    from shedder_ov.adapters import adapter_for
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    return adapter_for(model, str(path))
+
+
+def device_run(args) -> None:
+    _import_shedder()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    deadline = time.perf_counter() + args.budget
+    data = torch.load(args.data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = args.jobs.split(",") if args.jobs else list(JOBS)
+    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
+    import transformers
+
+    info["transformers"] = transformers.__version__
+    print(info, flush=True)
+    adapters = {}
+    for name in names:
+        model = JOBS[name][0]
+        left = deadline - time.perf_counter()
+        if left < 20:
+            print(f"{name}: skipped, {left:.0f} s left", flush=True)
+            continue
+        if model not in adapters:
+            adapters.clear()
+            adapters[model] = load_model(args.models / model, device)
+            adapters[model].logits(data[model]["calibration"][:8].to(device))  # warm-up
+        cap = JOBS[name][5]
+        cap = min(cap, left - 15) if cap else left - 15
+        row = run_job(name, adapters[model], data[model], device, cap)
+        row["device"] = info
+        last = row["steps"][-1] if row["steps"] else {}
+        print(f"{name}: {len(row['steps'])} steps, {row['seconds']:.1f} s, {row['evaluations']} evals, "
+              f"{last.get('pct_removed', 0):.1f}% removed, PPL {row['ppl_original']:.3f} -> {last.get('ppl', 0):.3f} "
+              f"({row['stopped_by']})", flush=True)
+        (args.out / f"{name}.json").write_text(json.dumps(row, indent=1))
+
+
+# ---- CPU timing (here) ------------------------------------------------------------------------
+def cpu_bench(args) -> None:
+    _import_shedder()
+    import platform
+    import subprocess
+
+    torch.set_num_threads(args.threads)
+    data = torch.load(args.data)
+    model_name = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+                       if l.startswith("Model name")), platform.processor())
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for model, targets in (("falcon-h1-tiny", FALCON_HEADS), ("mamba2-tiny", ["ssm_heads"])):
+        adapter = load_model(SHARED / "models" / model, torch.device("cpu"))
+        for method, shortlist in (("ranked", 8), ("fast", 8)):
+            key = f"cpu-{model}-{method}{shortlist if method == 'ranked' else ''}"
+            JOBS[key] = (model, targets, method, shortlist, None, None, "cpu")
+            row = run_job(key, adapter, data[model], torch.device("cpu"), None, steps=args.steps, held=False)
+            row["device"] = {"cpu": model_name, "threads": args.threads, "torch": torch.__version__}
+            print(f"{key}: {row['seconds']:.1f} s, {row['evaluations']} evals, "
+                  f"{[s['candidate'] for s in row['steps']]}", flush=True)
+            (out / f"{key}.json").write_text(json.dumps(row, indent=1))
+
+
+# ---- tables and plots (here) ------------------------------------------------------------------
+LABELS = {
+    "f-layer": "block-level [layer]",
+    "f-branch": "branch-level [attention, mamba_block, ssm, mlp]",
+    "f-branch-layer": "branch + block [layer, attention, mamba_block, ssm, mlp]",
+    "f-heads": "head-level [attention_heads, ssm_heads, mlp_channels]",
+    "f-heads-ranked8": "head-level, ranked (shortlist 8)",
+    "m-block": "blocks [mamba_block]",
+    "m-ssm": "SSMs [ssm]",
+    "m-heads": "SSM heads [ssm_heads]",
+    "m-heads-ranked8": "SSM heads, ranked (shortlist 8)",
+}
+
+
+def cost_rows(runs: dict, model: str, steps: int) -> list[dict]:
+    """The search-cost comparison at step `steps`: exact (fast) is the reference."""
+    prefix = "f-bench-" if model == "falcon-h1-tiny" else "m-heads"
+    names = [n for n in runs if n.startswith(prefix) and runs[n]["kind"] in ("bench", "curve") and runs[n]["model"] == model]
+    exact = next(runs[n] for n in names if runs[n]["method"] == "fast")
+    n = min(steps, len(exact["steps"]), *(len(runs[k]["steps"]) for k in names))
+    ref = exact["steps"][n - 1]
+    rows = []
+    for name in sorted(names, key=lambda k: (runs[k]["method"] != "fast", runs[k]["method"], runs[k]["shortlist"] or 0)):
+        run = runs[name]
+        at = run["steps"][n - 1]
+        same = sum(a["candidate"] == b["candidate"] for a, b in zip(run["steps"][:n], exact["steps"][:n]))
+        label = run["method"] + (f" (shortlist {run['shortlist']})" if run["method"] == "ranked" else "")
+        label += " (keep 0.25)" if run["method"] == "halving" else ""
+        rows.append({
+            "method": label, "steps": n, "seconds": at["seconds"], "evaluations": at["evaluations"],
+            "speedup": ref["seconds"] / at["seconds"], "same_decisions_pct": same / n * 100,
+            "same_set_pct": len(set_of(run, n) & set_of(exact, n)) / n * 100,
+            "final_ppl": at["ppl"], "ppl_gap_pct": (at["ppl"] / ref["ppl"] - 1) * 100,
+            "pct_removed": at["pct_removed"],
+        })
+    return rows
+
+
+def set_of(run: dict, n: int) -> set:
+    return set(Counter(s["candidate"] for s in run["steps"][:n]).items())
+
+
+def plot(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(args.runs.glob("*.json"))}
+    for model in MODELS:
+        curves = [n for n in LABELS if n in runs and runs[n]["model"] == model]
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        summary = {"model": model, "calibration": {**CALIB, "seed": SEED, "data": "tinystories train.txt"},
+                   "held_out": {**HELD_OUT, "data": "tinystories eval.txt"}, "curves": {}, "cost": {}}
+        for name in curves:
+            run = runs[name]
+            xs = [0.0] + [s["pct_removed"] for s in run["steps"]]
+            ys = [run["ppl_original"]] + [s["ppl"] for s in run["steps"]]
+            style = "--" if run["method"] != "fast" else "-"
+            method = run["method"] if run["method"] != "fast" else "exact"
+            ax.plot(xs, ys, style, marker="." if len(xs) < 40 else None, label=f"{LABELS[name]} — {method}")
+            summary["curves"][name] = {
+                "label": LABELS[name], "method": run["method"], "shortlist": run["shortlist"], "targets": run["targets"],
+                "channels": run["channels"], "stopped_by": run["stopped_by"], "seconds": round(run["seconds"], 1),
+                "evaluations": run["evaluations"], "device": run["device"].get("device"), "ppl_original": run["ppl_original"],
+                "steps": [[s["candidate"], round(s["pct_removed"], 3), round(s["ppl"], 4)] for s in run["steps"]],
+                "held_out": run["held_out"],
+            }
+        ax.set_xlabel("% parameters removed")
+        ax.set_ylabel("calibration PPL (tinystories train, 16 x 128)")
+        ax.set_yscale("log")
+        ax.set_title(f"{model}: greedy pruning at three granularities, training-free")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        target = ROOT / "docs/study" / model
+        target.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(target / "granularity.png", dpi=110)
+        try:
+            summary["cost"]["gpu"] = cost_rows(runs, model, BENCH_STEPS)
+        except StopIteration:
+            pass
+        cpu = {n: r for n, r in runs.items() if n.startswith(f"cpu-{model}-")}
+        if cpu:
+            summary["cost"]["cpu"] = [
+                {"method": r["method"] + (f" (shortlist {r['shortlist']})" if r["shortlist"] else ""), "steps": len(r["steps"]),
+                 "seconds": round(r["seconds"], 1), "evaluations": r["evaluations"], "decisions": [s["candidate"] for s in r["steps"]],
+                 "final_ppl": r["steps"][-1]["ppl"], "machine": r["device"]}
+                for r in cpu.values()
+            ]
+        (target / "granularity.json").write_text(json.dumps(summary, indent=1))
+        print("wrote", target / "granularity.png", target / "granularity.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare")
+    dev = sub.add_parser("device")
+    dev.add_argument("--models", type=Path, required=True)
+    dev.add_argument("--data", type=Path, required=True)
+    dev.add_argument("--out", type=Path, required=True)
+    dev.add_argument("--jobs", default="", help=f"comma-separated, of {', '.join(JOBS)}")
+    dev.add_argument("--budget", type=float, default=540, help="wall seconds for all jobs")
+    cpu = sub.add_parser("cpu-bench")
+    cpu.add_argument("--data", type=Path, default=ROOT / ".device/study_data.pt")
+    cpu.add_argument("--out", type=Path, default=ROOT / "runs/study")
+    cpu.add_argument("--steps", type=int, default=2)
+    cpu.add_argument("--threads", type=int, default=2)
+    pl = sub.add_parser("plot")
+    pl.add_argument("--runs", type=Path, default=ROOT / "runs/study")
+    args = parser.parse_args()
+    {"prepare": prepare, "device": device_run, "cpu-bench": cpu_bench, "plot": plot}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
