@@ -309,6 +309,12 @@ def cost_rows(runs: dict, model: str, steps: int) -> list[dict]:
     return rows
 
 
+def _same_curve(a: dict, b: dict) -> bool:
+    """Equal PPL at every step (removing an emptied layer's last branch = removing the layer)."""
+    pa, pb = [s["ppl"] for s in a["steps"]], [s["ppl"] for s in b["steps"]]
+    return len(pa) == len(pb) and all(abs(x / y - 1) < 1e-6 for x, y in zip(pa, pb))
+
+
 def set_of(run: dict, n: int) -> set:
     return set(Counter(s["candidate"] for s in run["steps"][:n]).items())
 
@@ -324,16 +330,15 @@ def plot(args) -> None:
         curves = [n for n in LABELS if n in runs and runs[n]["model"] == model]
         if not curves:
             continue
-        fig, ax = plt.subplots(figsize=(8, 5))
+        same = [n for n in curves if n.endswith("-branch-layer") and n.replace("-layer", "") in runs
+                and _same_curve(runs[n], runs[n.replace("-layer", "")])]
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5))
         summary = {"model": model, "calibration": {**CALIB, "seed": SEED, "data": "tinystories train.txt"},
                    "held_out": {**HELD_OUT, "data": "tinystories eval.txt"}, "curves": {}, "cost": {}}
         for name in curves:
             run = runs[name]
             xs = [0.0] + [s["pct_removed"] for s in run["steps"]]
             ys = [run["ppl_original"]] + [s["ppl"] for s in run["steps"]]
-            style = "--" if run["method"] != "fast" else "-"
-            method = run["method"] if run["method"] != "fast" else "exact"
-            ax.plot(xs, ys, style, marker="." if len(xs) < 40 else None, label=f"{LABELS[name]} — {method}")
             summary["curves"][name] = {
                 "label": LABELS[name], "method": run["method"], "shortlist": run["shortlist"], "targets": run["targets"],
                 "channels": run["channels"], "stopped_by": run["stopped_by"], "seconds": round(run["seconds"], 1),
@@ -341,15 +346,25 @@ def plot(args) -> None:
                 "steps": [[s["candidate"], round(s["pct_removed"], 3), round(s["ppl"], 4)] for s in run["steps"]],
                 "held_out": run["held_out"],
             }
-        ax.set_xlabel("% parameters removed")
-        ax.set_ylabel("calibration PPL (tinystories train, 16 x 128)")
-        ax.set_yscale("log")
-        ax.set_title(f"{model}: greedy pruning at three granularities, training-free")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+            if name in same:
+                summary["curves"][name]["same_decisions_as"] = name.replace("-layer", "")
+                continue
+            label = LABELS[name] + (" (with layer added: the same curve)" if f"{name}-layer" in same else "")
+            label += " — exact" if run["method"] == "fast" else ""
+            style = dict(linestyle="--" if run["method"] != "fast" else "-", marker="." if len(xs) < 40 else None)
+            line, = ax.plot(xs, ys, label=label, **style)
+            held = sorted((int(k), v) for k, v in run["held_out"].items())
+            bx.plot([xs[k] for k, _ in held], [v for _, v in held], color=line.get_color(), marker=".", linestyle=style["linestyle"])
+        for axis, what in ((ax, "calibration PPL (train, 16 x 128: what the search minimises)"),
+                           (bx, f"held-out PPL (tinystories eval, {HELD_OUT['windows']} x {HELD_OUT['seq_len']})")):
+            axis.set_xlabel("% parameters removed")
+            axis.set_ylabel(what)
+            axis.grid(True, alpha=0.3)
+        fig.legend(loc="lower center", ncol=2, fontsize=9, frameon=False)
+        fig.suptitle(f"{model}: greedy pruning at three granularities, training-free (each point one greedy step)")
         target = ROOT / "docs/study" / model
         target.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
         fig.savefig(target / "granularity.png", dpi=110)
         try:
             summary["cost"]["gpu"] = cost_rows(runs, model, BENCH_STEPS)
@@ -365,6 +380,52 @@ def plot(args) -> None:
             ]
         (target / "granularity.json").write_text(json.dumps(summary, indent=1))
         print("wrote", target / "granularity.png", target / "granularity.json")
+        print(markdown(summary))
+
+
+def _at(curve: dict, pct: float) -> tuple | None:
+    """At the first step with at least `pct`% removed: (% removed, calibration PPL), and the
+    held-out PPL of the first step with a held-out reading at or past it: (% removed, PPL)."""
+    steps = curve["steps"]
+    first = next((i for i, s in enumerate(steps, 1) if s[1] >= pct - 1e-9), None)
+    if first is None:
+        return None
+    held = min((int(k) for k in curve["held_out"] if int(k) >= first), default=None)
+    return (steps[first - 1][1], steps[first - 1][2]), (steps[held - 1][1], curve["held_out"][str(held)]) if held else None
+
+
+def markdown(summary: dict) -> str:
+    """The write-up's tables for one model."""
+    lines = [f"### {summary['model']}", "", "| curve | method | steps | % removed (end) | calib PPL | held-out PPL | "
+             "at ~10% (calib / held-out) | at ~20% | at ~28% | wall s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, c in summary["curves"].items():
+        if "same_decisions_as" in c:
+            continue
+        n = len(c["steps"])
+        end = c["steps"][-1]
+        cells = []
+        for pct in (10, 20, 28):
+            at = _at(c, pct)
+            if at is None:
+                cells.append("-")
+                continue
+            (pc, ppl), held = at
+            cells.append(f"{ppl:.3f} / {held[1]:.3f}" + (f" ({pc:.1f}%)" if abs(held[0] - pc) < 1e-6 else f" ({pc:.1f}% / {held[0]:.1f}%)"))
+        method = "exact (fast)" if c["method"] == "fast" else f"{c['method']} {c['shortlist'] or ''}".strip()
+        lines.append(f"| {c['label']} | {method} | {n} | {end[1]:.1f} | {c['ppl_original']:.3f} → {end[2]:.3f} | "
+                     f"{c['held_out']['0']:.3f} → {c['held_out'][str(n)]:.3f} | {' | '.join(cells)} | {c['seconds']:.0f} |")
+    for where, rows in summary["cost"].items():
+        lines += ["", f"cost ({where})", ""]
+        if where == "gpu":
+            lines += ["| method | steps | wall s | evaluations | speed-up vs exact | same decisions (in order / as a set) | calib PPL | gap vs exact |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            lines += [f"| {r['method']} | {r['steps']} | {r['seconds']:.1f} | {r['evaluations']} | {r['speedup']:.2f}x | "
+                      f"{r['same_decisions_pct']:.0f}% / {r['same_set_pct']:.0f}% | {r['final_ppl']:.3f} | {r['ppl_gap_pct']:+.2f}% |" for r in rows]
+        else:
+            lines += ["| method | steps | wall s | evaluations | decisions | calib PPL |", "| --- | ---: | ---: | ---: | --- | ---: |"]
+            lines += [f"| {r['method']} | {r['steps']} | {r['seconds']:.1f} | {r['evaluations']} | {' '.join(r['decisions'])} | {r['final_ppl']:.3f} |"
+                      for r in rows]
+    return "\n".join(lines)
 
 
 def main() -> None:
