@@ -4,6 +4,7 @@
 # scripts/device_prepare.sh (transformers 5.5.4 etc. in .device/whl); the run call carries
 # .device/whl .device/models/study.tar.xz .device/study_data.pt and runs
 #   bash scripts/device_study.sh --jobs NAME,... --budget SECONDS
+# and returns $OUT/study.tgz (one JSON per job, see JOBS in the script, and the log).
 # Pure-torch ops only (no mamba-ssm kernels): the tiny models are launch-bound either way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,7 @@ if [ ! -f /tmp/site/.done ]; then
 fi
 [ -d /tmp/models/mamba2-tiny ] || { mkdir -p /tmp/models && tar xJf .device/models/study.tar.xz -C /tmp/models; }
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-python3 scripts/granularity_study.py device --models /tmp/models --data .device/study_data.pt --out "$OUT/study" "$@" 2>&1 | tee "$OUT/study.log"
+mkdir -p "$OUT/study"
+python3 scripts/granularity_study.py device --models /tmp/models --data .device/study_data.pt --out "$OUT/study" "$@" 2>&1 | tee "$OUT/study/device.log"
+# one file back (a call returns at most 8): here `tar xzf FILES_AT/study.tgz -C runs/` gives runs/study/
+tar czf "$OUT/study.tgz" -C "$OUT" study && rm -rf "$OUT/study"
