@@ -249,26 +249,48 @@ def device_run(args) -> None:
 
 # ---- CPU timing (here) ------------------------------------------------------------------------
 def cpu_bench(args) -> None:
+    """`ranked` for `--steps` greedy steps; the exact search's cost measured on a sample of its
+    candidates (on CPU each candidate is scored alone, so one exact step costs the candidates'
+    count times the mean seconds of one evaluation, plus the rebase)."""
     _import_shedder()
     import platform
     import subprocess
 
+    from shedder_ov.search import PerplexityScorer
+
     torch.set_num_threads(args.threads)
     data = torch.load(args.data)
-    model_name = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                       if l.startswith("Model name")), platform.processor())
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    cpu = next((l.split(":", 1)[1].strip() for l in lscpu if l.startswith("Model name")), platform.processor())
+    machine = {"cpu": cpu, "threads": args.threads, "torch": torch.__version__, "load_1min": os.getloadavg()[0]}
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu")
     for model, targets in (("falcon-h1-tiny", FALCON_HEADS), ("mamba2-tiny", ["ssm_heads"])):
-        adapter = load_model(SHARED / "models" / model, torch.device("cpu"))
-        for method, shortlist in (("ranked", 8), ("fast", 8)):
-            key = f"cpu-{model}-{method}{shortlist if method == 'ranked' else ''}"
-            JOBS[key] = (model, targets, method, shortlist, None, None, "cpu")
-            row = run_job(key, adapter, data[model], torch.device("cpu"), None, steps=args.steps, held=False)
-            row["device"] = {"cpu": model_name, "threads": args.threads, "torch": torch.__version__}
-            print(f"{key}: {row['seconds']:.1f} s, {row['evaluations']} evals, "
-                  f"{[s['candidate'] for s in row['steps']]}", flush=True)
+        adapter = load_model(SHARED / "models" / model, device)
+        key = f"cpu-{model}-ranked8"
+        if not (out / f"{key}.json").exists():
+            JOBS[key] = (model, targets, "ranked", 8, None, None, "cpu")
+            row = run_job(key, adapter, data[model], device, None, steps=args.steps, held=False)
+            row["device"] = {**machine, "load_1min_after": os.getloadavg()[0]}
+            print(f"{key}: {row['seconds']:.1f} s, {row['evaluations']} evals, {[s['candidate'] for s in row['steps']]}", flush=True)
             (out / f"{key}.json").write_text(json.dumps(row, indent=1))
+        key = f"cpu-{model}-fast-sample"
+        candidates = adapter.candidates(targets)
+        sample = candidates[:: max(1, len(candidates) // args.sample)][: args.sample]
+        started = time.perf_counter()
+        scorer = PerplexityScorer(adapter, data[model]["calibration"], CALIB["batch_size"], device)
+        scorer.rebase(0)
+        rebase = time.perf_counter() - started
+        started = time.perf_counter()
+        scorer.perplexities(sample)
+        per_eval = (time.perf_counter() - started) / len(sample)
+        row = {"job": key, "model": model, "targets": targets, "method": "fast", "kind": "cpu-sample", "sample": len(sample),
+               "candidates": len(candidates), "rebase_s": rebase, "seconds_per_evaluation": per_eval,
+               "projected_step_1_s": rebase + per_eval * len(candidates),
+               "device": {**machine, "load_1min_after": os.getloadavg()[0]}}
+        print(f"{key}: {per_eval:.3f} s per evaluation ({len(sample)} sampled), step 1 ~ {row['projected_step_1_s']:.0f} s", flush=True)
+        (out / f"{key}.json").write_text(json.dumps(row, indent=1))
 
 
 # ---- tables and plots (here) ------------------------------------------------------------------
@@ -370,14 +392,17 @@ def plot(args) -> None:
             summary["cost"]["gpu"] = cost_rows(runs, model, BENCH_STEPS)
         except StopIteration:
             pass
-        cpu = {n: r for n, r in runs.items() if n.startswith(f"cpu-{model}-")}
-        if cpu:
-            summary["cost"]["cpu"] = [
-                {"method": r["method"] + (f" (shortlist {r['shortlist']})" if r["shortlist"] else ""), "steps": len(r["steps"]),
-                 "seconds": round(r["seconds"], 1), "evaluations": r["evaluations"], "decisions": [s["candidate"] for s in r["steps"]],
-                 "final_ppl": r["steps"][-1]["ppl"], "machine": r["device"]}
-                for r in cpu.values()
-            ]
+        ranked = runs.get(f"cpu-{model}-ranked8")
+        exact = runs.get(f"cpu-{model}-fast-sample")
+        if ranked or exact:
+            summary["cost"]["cpu"] = {"machine": (ranked or exact)["device"]}
+            if ranked:
+                summary["cost"]["cpu"]["ranked8"] = {
+                    "steps": len(ranked["steps"]), "seconds": round(ranked["seconds"], 1), "evaluations": ranked["evaluations"],
+                    "seconds_per_step": round(ranked["seconds"] / max(1, len(ranked["steps"])), 1),
+                    "decisions": [s["candidate"] for s in ranked["steps"]], "final_ppl": ranked["steps"][-1]["ppl"]}
+            if exact:
+                summary["cost"]["cpu"]["exact"] = {k: exact[k] for k in ("candidates", "sample", "rebase_s", "seconds_per_evaluation", "projected_step_1_s")}
         (target / "granularity.json").write_text(json.dumps(summary, indent=1))
         print("wrote", target / "granularity.png", target / "granularity.json")
         print(markdown(summary))
@@ -422,9 +447,15 @@ def markdown(summary: dict) -> str:
             lines += [f"| {r['method']} | {r['steps']} | {r['seconds']:.1f} | {r['evaluations']} | {r['speedup']:.2f}x | "
                       f"{r['same_decisions_pct']:.0f}% / {r['same_set_pct']:.0f}% | {r['final_ppl']:.3f} | {r['ppl_gap_pct']:+.2f}% |" for r in rows]
         else:
-            lines += ["| method | steps | wall s | evaluations | decisions | calib PPL |", "| --- | ---: | ---: | ---: | --- | ---: |"]
-            lines += [f"| {r['method']} | {r['steps']} | {r['seconds']:.1f} | {r['evaluations']} | {' '.join(r['decisions'])} | {r['final_ppl']:.3f} |"
-                      for r in rows]
+            lines.append(f"machine: {rows['machine']}")
+            lines += ["", "| method | measured | seconds a step |", "| --- | --- | ---: |"]
+            if "ranked8" in rows:
+                r = rows["ranked8"]
+                lines.append(f"| ranked (shortlist 8) | {r['steps']} steps in {r['seconds']} s, {r['evaluations']} evaluations | {r['seconds_per_step']} |")
+            if "exact" in rows:
+                e = rows["exact"]
+                lines.append(f"| fast (exact) | {e['sample']} of {e['candidates']} evaluations: {e['seconds_per_evaluation']:.2f} s each, "
+                             f"rebase {e['rebase_s']:.1f} s | ~{e['projected_step_1_s']:.0f} (projected, step 1) |")
     return "\n".join(lines)
 
 
@@ -443,6 +474,7 @@ def main() -> None:
     cpu.add_argument("--out", type=Path, default=ROOT / "runs/study")
     cpu.add_argument("--steps", type=int, default=2)
     cpu.add_argument("--threads", type=int, default=2)
+    cpu.add_argument("--sample", type=int, default=24, help="exact evaluations timed (spread over the layers)")
     pl = sub.add_parser("plot")
     pl.add_argument("--runs", type=Path, default=ROOT / "runs/study")
     args = parser.parse_args()
