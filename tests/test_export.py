@@ -172,7 +172,7 @@ def test_corrupted_ir_and_unsupported_family(exported, tmp_path):
     with pytest.raises(ShedderError, match="not an OpenVINO IR folder"):
         StatefulIR(broken)
     with pytest.raises(ShedderError, match="unsupported architecture"):
-        export_checkpoint(require(MODELS / "falcon-h1-tiny"), tmp_path / "hybrid")
+        export_checkpoint(require(MODELS / "granitemoehybrid-tiny"), tmp_path / "hybrid")
     assert not (tmp_path / "out").exists() and not (tmp_path / "hybrid").exists()
 
 
