@@ -259,7 +259,7 @@ def test_family_without_the_part_refuses_it(tmp_path, tiny_checkpoint):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     outcome = CliRunner().invoke(app, ["prune", str(tmp_path / "r.yaml")])
     assert outcome.exit_code == 2
-    assert "search.targets: attention not in a mamba2 model (it has: layer, mamba_block, ssm)" in outcome.output
+    assert "search.targets: attention not in a mamba2 model (it has: layer, mamba_block, ssm, ssm_heads)" in outcome.output
     recipe["search"] = {"targets": ["mamba_block"], "stop": {"num_components": 1}, "unshare": True}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     outcome = CliRunner().invoke(app, ["prune", str(tmp_path / "r.yaml")])
