@@ -281,7 +281,7 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
         fields = {k: v for k, v in self.config.to_dict().items() if k not in ("model_type", "transformers_version", "architectures", "auto_map")}
         source = getattr(self.config, "source_layers", None) or list(range(self.num_layers))
         specs = [entry["spec"] for entry in layers]
-        full = ShedderFalconH1Config(**{**fields, "layer_specs": None}).full_layer_spec()
+        full = ShedderFalconH1Config.full_layer_spec(self.config)
         fields["num_hidden_layers"] = len(layers)
         if all(spec == full for spec in specs):  # only whole layers went: a stock Falcon-H1
             fields.pop("layer_specs", None)
@@ -382,8 +382,7 @@ def _config_specs(config) -> list[dict]:
     specs = getattr(config, "layer_specs", None)
     if specs:
         return specs
-    full = {"kv_heads": config.num_key_value_heads, "mamba_heads": config.mamba_n_heads, "ssm": True, "mlp_width": config.intermediate_size}
-    return [full] * config.num_hidden_layers
+    return [ShedderFalconH1Config.full_layer_spec(config)] * config.num_hidden_layers  # a stock config: all layers full
 
 
 def _model_class(config) -> type[nn.Module]:

@@ -232,7 +232,8 @@ class GreedySearch:
             }  # fmt: skip
             self.log.append(logged)
         ranked = sorted(remaining, key=lambda c: logged["scores"][c.name])  # stable: earlier wins ties
-        shortlist = [c for c in remaining if c in set(ranked[: self.shortlist])]
+        chosen = set(ranked[: self.shortlist])
+        shortlist = [c for c in remaining if c in chosen]
         self._advance(len(remaining) - len(shortlist))
         scores = self._evaluate_many(step, shortlist, known, result)
         return min(zip(scores, shortlist), key=lambda s: s[0])
