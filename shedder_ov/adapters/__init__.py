@@ -6,13 +6,13 @@ from ..errors import ShedderError
 from .base import FamilyAdapter, MambaFamilyAdapter, count_params
 from .components import HEADED, REPEATABLE, TARGETS, Candidate, Target
 from .falcon_h1 import FalconH1Adapter
+from .granitemoehybrid import GraniteMoeHybridAdapter
 from .mamba import FalconMambaAdapter, MambaAdapter
 from .mamba2 import Mamba2Adapter
 from .zamba2 import Zamba2Adapter
 
-ADAPTERS: dict[str, type[FamilyAdapter]] = {
-    model_type: adapter for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, Zamba2Adapter, FalconH1Adapter) for model_type in adapter.model_types
-}
+_FAMILIES = (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, Zamba2Adapter, FalconH1Adapter, GraniteMoeHybridAdapter)
+ADAPTERS: dict[str, type[FamilyAdapter]] = {model_type: adapter for adapter in _FAMILIES for model_type in adapter.model_types}
 
 
 def supported_model_types() -> list[str]:
