@@ -128,7 +128,11 @@ def test_heads_removed_one_by_one_count_what_they_hold(one_thread):
     assert adapter.removed_params([Candidate(1, "attention_heads", 1)]) == kv_head
 
 
-def test_only_whole_layers_removed_stays_stock(one_thread):
+def test_only_whole_layers_removed_stays_stock(tmp_path, tokenizer, one_thread):
+    """An emptied layer (mixer and MLP gone) is a removed one: the result is a stock checkpoint
+    that plain transformers loads."""
+    from shedder_ov.pipeline import save_checkpoint
+
     model = tiny_granite()
     adapter = adapter_for(model)
     removed = [Candidate(1, "layer"), Candidate(2, "mamba_block"), Candidate(2, "mlp")]
@@ -139,6 +143,10 @@ def test_only_whole_layers_removed_stays_stock(one_thread):
     assert pruned.config.num_hidden_layers == 3
     assert torch.allclose(pruned(IDS).logits.float(), expected, atol=1e-5)
     assert count_params(model) - count_params(pruned) == adapter.removed_params(removed)
+    save_checkpoint(pruned, tokenizer, tmp_path / "p")
+    loaded = load_without_package(tmp_path / "p", IDS[:1])
+    assert loaded["cls"] == "GraniteMoeHybridForCausalLM" and loaded["module"].startswith("transformers.")
+    assert torch.allclose(loaded["logits"], expected[:1], atol=1e-4)
 
 
 def test_generation_with_cache_equals_recompute(one_thread):
