@@ -16,7 +16,7 @@ from optimum.utils.input_generators import DummyInputGenerator, DummyTextInputGe
 from optimum.utils.normalized_config import NormalizedTextConfig
 
 from ..adapters import adapter_class_for, supported_model_types
-from . import graph, graph_falcon_h1, graph_zamba2, states
+from . import graph, graph_falcon_h1, graph_granitemoehybrid, graph_zamba2, states
 from .patchers import ShedderMambaPatcher
 
 TASKS = ("text-generation", "text-generation-with-past")
@@ -35,6 +35,7 @@ FAMILY_EXPORTS = {
     "mamba2": FamilyExport(graph.forward_with_states, states.mamba2_states),
     "zamba2": FamilyExport(graph_zamba2.forward_with_states, states.zamba2_states),
     "falcon_h1": FamilyExport(graph_falcon_h1.forward_with_states, states.falcon_h1_states),
+    "granitemoehybrid": FamilyExport(graph_granitemoehybrid.forward_with_states, states.granitemoehybrid_states),
 }
 
 

@@ -1,7 +1,8 @@
 """Per-layer states of the exported graph, per family, in the order the graph takes them.
 
 A layer has, in this order: `key`, `value` [b, kv_heads, past, head_dim] (Zamba2 layers whose
-invocation runs attention, Falcon-H1 layers that kept attention; dim 2 grows by each call's length), `ssm` (layers whose SSM survived:
+invocation runs attention, Falcon-H1 layers that kept attention, GraniteMoeHybrid attention layers;
+dim 2 grows by each call's length), `ssm` (layers whose SSM survived:
 Mamba-1 [b, d_inner, n], Mamba-2 / Zamba2 [b, heads, head_dim, n]) and `conv` [b, channels,
 kernel-1] (layers with a mixer). Each kind is numbered densely (`cache_params.past.ssm.0, .1,
 ...`): optimum-intel's OVModelWithMambaForCausalLM indexes its per-kind state lists by that
@@ -78,6 +79,33 @@ def falcon_h1_states(config, batch: int, past: int) -> list[dict[str, list[int]]
             states["key"] = states["value"] = [batch, spec["kv_heads"], past, attention_dim]
         if spec["mamba_heads"]:
             width = stock_inner or spec["mamba_heads"] * head_dim
+            if spec["ssm"]:
+                states["ssm"] = [batch, spec["mamba_heads"], head_dim, state]
+                states["conv"] = [batch, width + 2 * config.mamba_n_groups * state, window]
+            else:
+                states["conv"] = [batch, width, window]
+        layers.append(states)
+    return layers
+
+
+def granitemoehybrid_states(config, batch: int, past: int) -> list[dict[str, list[int]]]:
+    """Stock GraniteMoeHybrid (`layer_types`: one mixer per layer) or `config.layer_specs`
+    (modeling_shedder_granitemoehybrid): KV with the layer's kv_heads for attention, SSM [b,
+    heads, head_dim, n] + conv [b, heads·head_dim + 2·groups·n, k-1] for a Mamba-2 mixer that
+    kept its scan, conv [b, heads·head_dim, k-1] for one that did not, nothing without a mixer."""
+    window, state, head_dim = config.mamba_d_conv - 1, config.mamba_d_state, config.mamba_d_head
+    specs = getattr(config, "layer_specs", None) or [
+        {"mixer": kind, "ssm": True, "mamba_heads": config.mamba_n_heads, "kv_heads": config.num_key_value_heads}
+        for kind in config.layer_types
+    ]
+    attention_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layers = []
+    for spec in specs:
+        states = {}
+        if spec["mixer"] == "attention":
+            states["key"] = states["value"] = [batch, spec["kv_heads"], past, attention_dim]
+        elif spec["mixer"] == "mamba":
+            width = spec["mamba_heads"] * head_dim
             if spec["ssm"]:
                 states["ssm"] = [batch, spec["mamba_heads"], head_dim, state]
                 states["conv"] = [batch, width + 2 * config.mamba_n_groups * state, window]
