@@ -49,12 +49,15 @@ def read_ir(path: str | Path):
         raise ShedderError(f"{path}: corrupted IR ({str(error).splitlines()[0][:200]})") from None
 
 
-def ir_feeds(input_names: set[str], ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of an optimum-style decoder IR for `ids` [B, T] after `past` tokens already in its state."""
+def ir_feeds(input_names: set[str], ids: np.ndarray, past: int = 0, full_mask: bool = False) -> dict[str, np.ndarray]:
+    """Inputs of an optimum-style decoder IR for `ids` [B, T] after `past` tokens already in its
+    state; the attention mask covers the new tokens, or with `full_mask` every token so far (as
+    transformers and openvino.genai feed it; our IRs take either, optimum-intel's attention IRs
+    need the latter)."""
     batch, length = ids.shape
     known = {
         "input_ids": lambda: ids,
-        "attention_mask": lambda: np.ones((batch, length), dtype=np.int64),  # the new tokens (Mamba IRs)
+        "attention_mask": lambda: np.ones((batch, past + length if full_mask else length), dtype=np.int64),
         "position_ids": lambda: np.tile(np.arange(past, past + length, dtype=np.int64), (batch, 1)),
         "cache_position": lambda: np.arange(past, past + length, dtype=np.int64),
         "beam_idx": lambda: np.arange(batch, dtype=np.int32),
@@ -167,7 +170,8 @@ class StatefulIR:
                 for state in request.query_state():
                     state.state = current[state.name]
             self.live = request
-        request.infer(ir_feeds(self.names, ids, self.past))
+        dynamic = request is self.requests.get(None)  # a static compile fixed its mask's length
+        request.infer(ir_feeds(self.names, ids, self.past, full_mask=dynamic))
         self.past += ids.shape[1]
         return request.get_tensor(self.logits_name).data
 

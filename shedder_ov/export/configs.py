@@ -83,8 +83,8 @@ class ShedderMambaOpenVINOConfig(TextDecoderOpenVINOConfig):
         for name in self.input_order():
             if name == "cache_params":
                 self.add_past_key_values(inputs, direction="inputs")
-            else:
-                inputs[name] = {0: "batch_size", 1: "sequence_length"}
+            else:  # the mask may cover the past tokens too: its own length symbol (same names share one)
+                inputs[name] = {0: "batch_size", 1: "sequence_length" if name == "input_ids" else "past_sequence_length + sequence_length"}
         return inputs
 
     def add_past_key_values(self, inputs_or_outputs, direction):

@@ -10,7 +10,7 @@ multiply-adds). (No einsum in scripted code: OpenVINO cannot read its equation i
 
 * Mamba-2: the chunked SSD of `ops.ssd` (TorchScript-compatible, dynamic length).
 * Mamba-1: `chunked_scan`, 16-position chunks processed in parallel with unrolled steps, the
-  history carried across chunks by `carry_chunks` (unrolled up to 32 chunks, else a doubling scan).
+  history carried across chunks by `carry_chunks` (an unrolled doubling scan).
   Like `ops.selective_scan` it only multiplies decays in (0, 1], so it stays exact on long
   prompts.
 """
@@ -58,19 +58,14 @@ def carry_chunks(ends: torch.Tensor, decay: torch.Tensor, state: torch.Tensor) -
     """The state entering each chunk [b, chunks, n, d] and the final one, from each chunk's end
     state from zero (`ends`), its total decay and the state before the first chunk [b, 1, n, d].
 
-    A doubling scan: log2(chunks) turns over whole tensors. Up to 32 chunks (a 512-token piece)
-    its five turns are unrolled (in a static-shape compile OpenVINO keeps only this branch);
-    longer prompts take a TorchScript `while` (an OpenVINO Loop)."""
-    chunks = ends.shape[1]
+    A doubling scan over whole tensors, its 16 turns unrolled: 2^16 chunks (1M tokens in one
+    call); turns with step >= chunks change nothing and cost little. Not a Loop, nor an If on the
+    length: inside the decode/prefill If, either makes the CPU plugin's dynamic-shape compile
+    (openvino.genai's, optimum-intel's) return wrong logits on the first call longer than any
+    before it (OpenVINO 2026.4)."""
     h = torch.cat([ends[:, :1] + decay[:, :1] * state, ends[:, 1:]], dim=1)
-    if chunks <= 32:
-        for step in (1, 2, 4, 8, 16):  # turns with step >= chunks change nothing
-            h, decay = doubling_turn(h, decay, step)
-    else:
-        step = 1
-        while step < chunks:
-            h, decay = doubling_turn(h, decay, step)
-            step = step * 2
+    for step in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768):
+        h, decay = doubling_turn(h, decay, step)
     return torch.cat([state, h[:, :-1]], dim=1), h[:, -1]
 
 
@@ -118,6 +113,15 @@ def selective_update(
     else:
         y, new_state = chunked_scan(u, delta, A, B, C, state)
     return y, new_state
+
+
+def current_tokens_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The mask of this call's tokens: the last input_ids.shape[1] columns of the caller's mask.
+    Callers differ in what they pass on a decode step: transformers' generate, openvino.genai and
+    optimum-intel the mask of every token so far, our runtime that of the new tokens only; both
+    must give the same output (a [b, past + l] mask broadcast against [b, l] activations would
+    change the model)."""
+    return attention_mask[:, attention_mask.shape[1] - input_ids.shape[1] :]
 
 
 def causal_conv(conv1d, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +213,7 @@ def forward_with_states(adapter, input_ids, attention_mask, states):
     """The whole model continuing `states`, a flat list in `states.state_names` order (per layer:
     its SSM state if it has one, then its conv window). Returns logits and the new states."""
     hidden = adapter.embed(input_ids)
-    mask = attention_mask.to(hidden.dtype)
+    mask = current_tokens_mask(attention_mask, input_ids).to(hidden.dtype)
     with_ssm, without_ssm = MIXERS[adapter.family]
     pending, present = list(states), []
     for index, block in enumerate(adapter.layers):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.falcon_h1.modeling_falcon_h1 import apply_rotary_pos_emb
 
-from .graph import causal_conv, mamba2_scan
+from .graph import causal_conv, current_tokens_mask, mamba2_scan
 from .graph_zamba2 import cached_attention
 
 
@@ -66,14 +66,14 @@ def mixer_without_ssm(mixer, hidden, mask, conv_state):
     return mixer.out_proj(gated_output(mixer, x, z).to(hidden.dtype)), conv_state
 
 
-def attention(attn, hidden, rope, key_state, value_state):
+def attention(attn, hidden, rope, key_state, value_state, attention_mask):
     """`FalconH1Attention` (per-layer heads, GQA) of the new tokens over the cache."""
     batch, length = hidden.shape[0], hidden.shape[1]
     q, k, v = (
         proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
     q, k = apply_rotary_pos_emb(q, scaled(k, attn.key_multiplier), *rope)
-    out, key_state, value_state = cached_attention(q, k, v, key_state, value_state, attn.num_key_value_groups, attn.scaling)
+    out, key_state, value_state = cached_attention(q, k, v, key_state, value_state, attn.num_key_value_groups, attn.scaling, attention_mask)
     return attn.o_proj(out), key_state, value_state
 
 
@@ -82,7 +82,7 @@ def forward_with_states(adapter, input_ids, attention_mask, states):
     returns logits and the new states in the same order."""
     model = adapter.model.model
     hidden = scaled(model.embed_tokens(input_ids), model.embedding_multiplier)
-    mask = attention_mask.to(hidden.dtype)
+    mask = current_tokens_mask(attention_mask, input_ids).to(hidden.dtype)
     pending, present, rope = list(states), [], None
     for layer in model.layers:
         if layer.input_layernorm is not None:  # the layer has an attention and/or a Mamba branch
@@ -105,7 +105,7 @@ def forward_with_states(adapter, input_ids, attention_mask, states):
                 mixed = scaled(out, layer.ssm_out_multiplier)
             if layer.self_attn is not None:
                 out, key_state, value_state = attention(
-                    layer.self_attn, scaled(normed, layer.attention_in_multiplier), rope, key_state, value_state
+                    layer.self_attn, scaled(normed, layer.attention_in_multiplier), rope, key_state, value_state, attention_mask
                 )
                 out = scaled(out, layer.attn_out_multiplier)
                 mixed = out if mixed is None else mixed + out

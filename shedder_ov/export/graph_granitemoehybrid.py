@@ -15,7 +15,7 @@ top-k gating (softmax over the k best router logits), every expert run on every 
 weighted by its gate, zero where unrouted: the same sum as stock's sort-and-split, with static
 shapes. Each layer takes and returns its states in `states.granitemoehybrid_states` order: key,
 value [b, kv_heads, past, head_dim], or SSM state [b, heads, head_dim, n] and conv window [b,
-channels, k-1]. The mask is causal only; padding is zeroed for the mixers, as in the other graphs."""
+channels, k-1]. Padding is zeroed for the mixers and masked for attention (`graph_zamba2.attention_bias`)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from transformers.models.granitemoehybrid.modeling_granitemoehybrid import apply_rotary_pos_emb
 
-from .graph import mamba2_mixer, mamba2_ssm_less_mixer
+from .graph import current_tokens_mask, mamba2_mixer, mamba2_ssm_less_mixer
 from .graph_falcon_h1 import scaled
 from .graph_zamba2 import cached_attention
 
 
-def attention(attn, hidden, rope, key_state, value_state):
+def attention(attn, hidden, rope, key_state, value_state, attention_mask):
     """`GraniteMoeHybridAttention` (per-layer heads, GQA) of the new tokens over the cache."""
     batch, length = hidden.shape[0], hidden.shape[1]
     q, k, v = (
@@ -36,7 +36,7 @@ def attention(attn, hidden, rope, key_state, value_state):
     )
     if rope is not None:
         q, k = apply_rotary_pos_emb(q, k, *rope)
-    out, key_state, value_state = cached_attention(q, k, v, key_state, value_state, attn.num_key_value_groups, attn.scaling)
+    out, key_state, value_state = cached_attention(q, k, v, key_state, value_state, attn.num_key_value_groups, attn.scaling, attention_mask)
     return attn.o_proj(out), key_state, value_state
 
 
@@ -72,7 +72,7 @@ def forward_with_states(adapter, input_ids, attention_mask, states):
     order); returns logits and the new states in the same order."""
     model = adapter.model.model
     hidden = scaled(model.embed_tokens(input_ids), model.embedding_multiplier)
-    mask = attention_mask.to(hidden.dtype)
+    mask = current_tokens_mask(attention_mask, input_ids).to(hidden.dtype)
     pending, present, rope = list(states), [], None
     for layer in adapter.layers:
         mixed = None
@@ -82,7 +82,9 @@ def forward_with_states(adapter, input_ids, attention_mask, states):
                 # arange(l) + past: a static-shape compile knows the positions' length (see graph_falcon_h1)
                 positions = torch.arange(input_ids.shape[1], device=hidden.device)[None] + key_state.shape[2]
                 rope = model.rotary_emb(hidden, positions)
-            mixed, key_state, value_state = attention(layer.self_attn, layer.input_layernorm(hidden), rope, key_state, value_state)
+            mixed, key_state, value_state = attention(
+                layer.self_attn, layer.input_layernorm(hidden), rope, key_state, value_state, attention_mask
+            )
             present += [key_state, value_state]
         elif layer.mamba is not None:
             normed = layer.input_layernorm(hidden)
