@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -21,6 +22,17 @@ from .adapters import Candidate, FamilyAdapter, adapter_class_for, adapter_for
 from .errors import ShedderError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def save_remote_code(config, folder: Path) -> None:
+    """Our modeling code into `folder` and its name into `config` (`auto_map`) for our pruned
+    model types, before the config is saved there (checkpoints, IR folders): the folder then
+    loads with trust_remote_code where this package is not installed."""
+    family = config.model_type.removeprefix("shedder_")
+    if config.model_type.startswith("shedder_") and family in modeling.REMOTE_CODE_FILES:
+        config.auto_map = modeling.auto_map(family)
+        for source in modeling.REMOTE_CODE_FILES[family]:
+            shutil.copy(source, folder / source.name)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -16,11 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .adapters import HEADED, Candidate, adapter_for
-from .checkpoints import checkpoint_family, load_checkpoint, load_tokenizer, read_removal_list, resolve_device
+from .checkpoints import checkpoint_family, load_checkpoint, load_tokenizer, read_removal_list, resolve_device, save_remote_code
 from .data import load_windows
 from .errors import ShedderError
 from .io import atomic_dir, read_json, write_json
-from .modeling import REMOTE_CODE_FILES
 from .recipe import EXACT_METHODS, Recipe
 from .search import GreedySearch, PerplexityScorer, SearchLog, Stage
 
@@ -144,11 +143,9 @@ def save_checkpoint(model, tokenizer, target: Path, generation_source: Path | No
             from transformers import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(generation_source)
+        save_remote_code(model.config, tmp)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if getattr(model.config, "auto_map", None):
-            for source in REMOTE_CODE_FILES[model.config.model_type.removeprefix("shedder_")]:
-                shutil.copy(source, tmp / source.name)
 
 
 def summary_table(result: dict) -> Table:

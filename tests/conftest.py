@@ -131,6 +131,39 @@ print(json.dumps({{"module": type(model).__module__, "cls": type(model).__name__
     return loaded
 
 
+def assert_genai_batch_matches_single(ir_dir: Path) -> None:
+    """openvino.genai's LLMPipeline on a batch of prompts of different lengths (it pads them on
+    the left) gives each prompt's text alone, token for token (f32 hint)."""
+    import openvino_genai
+
+    pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
+    config = openvino_genai.GenerationConfig(max_new_tokens=10, ignore_eos=True, do_sample=False)
+    prompts = ["Once upon a time", "The little dog ran to the big park and"]
+    assert pipe.generate(prompts, config).texts == [pipe.generate(p, config) for p in prompts]
+
+
+def stock_optimum_greedy(ir_dir: Path, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy tokens of an IR folder loaded the standard way, `OVModelForCausalLM.from_pretrained`
+    (f32 hint), in a fresh interpreter where shedder_ov cannot be imported: what a user of stock
+    optimum-intel gets."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, json, torch
+sys.modules["shedder_ov"] = None
+from optimum.intel import OVModelForCausalLM
+model = OVModelForCausalLM.from_pretrained({str(ir_dir)!r}, ov_config={{"INFERENCE_PRECISION_HINT": "f32"}}, trust_remote_code=True)
+ids = torch.tensor([{prompt}])
+out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens={new_tokens}, min_new_tokens={new_tokens}, do_sample=False)
+print(json.dumps(out[0, ids.shape[1]:].tolist()))
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ir_dir.parent)
+    assert output.returncode == 0, output.stderr[-2000:]
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
 @torch.no_grad()
 def assert_generate_matches_recompute(model, prompt: torch.Tensor, new_tokens: int = 10) -> None:
     """Greedy `generate` with the model's cache gives the tokens of full recompute, token by token."""

@@ -1,5 +1,6 @@
 """OpenVINO export (issue 4): parity, stateful generation, optimum-intel loading, the plain
-openvino.Core example, NNCF compression variants, bad input."""
+openvino.Core example, NNCF compression variants, bad input; deployment (issue 16): exact in
+openvino.genai (its mask convention, chat, streaming, batches) and in stock optimum-intel."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from shedder_ov.errors import ShedderError
 from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.exporter import export_checkpoint
 from shedder_ov.export.graph import chunked_scan
-from shedder_ov.export.parity import torch_greedy
+from shedder_ov.export.parity import genai_greedy, torch_greedy
 from shedder_ov.ops.selective_scan import selective_scan
 from shedder_ov.runtime import StatefulIR, read_ir
 
-from .conftest import FAMILIES, MODELS, REPO, require, tiny_model
+from .conftest import FAMILIES, MODELS, REPO, require, stock_optimum_greedy, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,9 @@ def test_export_parity_and_states(exported, name):
     checkpoint, ir_dir, report = exported(name)
     parity = report["parity"]
     assert parity["ok"] and parity["greedy_equal"] and parity["long_prompt_tokens"] >= 1024
+    assert parity["genai_greedy_equal"] is True  # openvino.genai's LLMPipeline, short and long prompt
     assert max(parity["max_abs_diff_short"], parity["max_abs_diff_long"]) <= 1e-3
+    assert all((ir_dir / name).is_file() for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"))
     config = load_checkpoint(checkpoint).config
     ssm_layers = config.num_hidden_layers - len(getattr(config, "ssm_removed_layers", None) or [])
     assert len(read_ir(ir_dir).get_variables()) == config.num_hidden_layers + ssm_layers  # conv + SSM states
@@ -119,6 +122,71 @@ def test_optimum_generate_and_pipeline(exported, tokenizer):
     assert text[0]["generated_text"].startswith("Once upon a time")
 
 
+def test_decode_mask_may_cover_all_tokens(exported):
+    """A decode step fed the mask of every token so far (transformers, genai, optimum-intel) gives
+    what the same step fed the new token's mask gives (our runtime)."""
+    import openvino as ov
+
+    _, ir_dir, _ = exported("pruned")
+    compiled = ov.Core().compile_model(ir_dir / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    logits = []
+    for mask_length in (lambda n: 1, lambda n: n):
+        request, ids, steps = compiled.create_infer_request(), np.array([[5, 17, 300, 42, 7]]), []
+        for _ in range(4):
+            n = ids.shape[1] + len(steps)
+            feed = ids if not steps else np.array([[int(steps[-1].argmax())]])
+            out = request.infer({"input_ids": feed, "attention_mask": np.ones((1, len(feed[0]) if not steps else mask_length(n)), np.int64), "beam_idx": np.zeros(1, np.int32)})
+            steps.append(out["logits"][0, -1].copy())
+        logits.append(np.stack(steps))
+    assert logits[0].shape == logits[1].shape and np.abs(logits[0] - logits[1]).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_dynamic_compile_on_growing_prompts(exported, name):
+    """One dynamic-shape compile (as genai and optimum-intel run the IR), prompts each longer than
+    any before, from fresh states: every position's logits match torch."""
+    import openvino as ov
+
+    checkpoint, ir_dir, _ = exported(name)
+    adapter = adapter_for(load_checkpoint(checkpoint))
+    compiled = ov.Core().compile_model(ir_dir / "openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for length in (16, 300, 1100):
+        ids = np.random.default_rng(length).integers(2, 8000, (1, length))
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "beam_idx": np.zeros(1, np.int32)}
+        logits = compiled.create_infer_request().infer(feed)["logits"]
+        with torch.no_grad():
+            assert np.abs(logits - adapter.logits(torch.from_numpy(ids)).numpy()).max() < 1e-3, length
+
+
+@pytest.mark.parametrize("name", FAMILIES + ["pruned"])
+def test_stock_optimum_intel_without_package(exported, name):
+    checkpoint, ir_dir, _ = exported(name)
+    prompt = np.array([5, 17, 300, 42, 7, 99, 1000, 3])
+    expected = torch_greedy(adapter_for(load_checkpoint(checkpoint)), prompt, 12)
+    assert stock_optimum_greedy(ir_dir, prompt.tolist(), 12) == expected
+
+
+def test_genai_chat_streaming_and_batches(exported):
+    """openvino.genai as users call it, on a pruned IR: text in, a chat whose second turn equals
+    the whole history recomputed, streaming that yields the same text, a left-padded batch equal
+    to its prompts one by one."""
+    import openvino_genai
+
+    _, ir_dir, _ = exported("pruned")
+    pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
+    pipe.get_tokenizer().set_chat_template("{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    config = openvino_genai.GenerationConfig(max_new_tokens=10, ignore_eos=True, do_sample=False)
+    pipe.start_chat()
+    first = pipe.generate("Once upon a time", config)
+    second = pipe.generate(" The dog", config)
+    pipe.finish_chat()
+    assert pipe.generate("Once upon a time" + first + " The dog", config) == second
+    streamed = []
+    assert pipe.generate("Once upon a time", config, lambda text: streamed.append(text) or False) == first == "".join(streamed)
+    prompts = ["Once upon a time", "The little dog ran to the big park and"]
+    assert pipe.generate(prompts, config).texts == [pipe.generate(p, config) for p in prompts]
+
+
 def test_plain_openvino_example_without_torch(exported):
     _, ir_dir, _ = exported("pruned")
     script = (
@@ -140,6 +208,8 @@ def test_compression_variants_load(exported, tmp_path, mode, group_size):
     assert report["ir_bytes"] < (ir_dir / "openvino_model.bin").stat().st_size
     model = OVModelForCausalLM.from_pretrained(tmp_path / mode)
     assert model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, min_new_tokens=4, do_sample=False).shape[1] == 7
+    prompt = np.arange(3, 40)
+    assert genai_greedy(tmp_path / mode, [prompt], [8]) == [StatefulIR(tmp_path / mode).greedy(prompt, 8)[0]]  # tokenizer IRs carried
 
 
 @pytest.mark.parametrize(
@@ -171,8 +241,10 @@ def test_corrupted_ir_and_unsupported_family(exported, tmp_path):
     (broken / "openvino_model.bin").unlink()
     with pytest.raises(ShedderError, match="not an OpenVINO IR folder"):
         StatefulIR(broken)
+    (tmp_path / "jamba").mkdir()
+    (tmp_path / "jamba" / "config.json").write_text('{"model_type": "jamba"}')
     with pytest.raises(ShedderError, match="unsupported architecture"):
-        export_checkpoint(require(MODELS / "granitemoehybrid-tiny"), tmp_path / "hybrid")
+        export_checkpoint(tmp_path / "jamba", tmp_path / "hybrid")
     assert not (tmp_path / "out").exists() and not (tmp_path / "hybrid").exists()
 
 

@@ -4,11 +4,13 @@ from 1; its runtime, compression, the real falcon-h1-tiny."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
 from shedder_ov.adapters import adapter_for
+from shedder_ov.checkpoints import load_checkpoint
 from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.graph_falcon_h1 import forward_with_states
 from shedder_ov.export.parity import torch_greedy
@@ -16,7 +18,15 @@ from shedder_ov.export.states import falcon_h1_states
 from shedder_ov.modeling import ShedderFalconH1Config, ShedderFalconH1ForCausalLM
 from shedder_ov.runtime import read_ir
 
-from .conftest import MODELS, assert_real_model_exports, assert_runtime_matches_dynamic, exported_layouts, require
+from .conftest import (
+    MODELS,
+    assert_genai_batch_matches_single,
+    assert_real_model_exports,
+    assert_runtime_matches_dynamic,
+    exported_layouts,
+    require,
+    stock_optimum_greedy,
+)
 
 SMALL = dict(
     hidden_size=64, num_hidden_layers=4, vocab_size=8192, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -129,6 +139,7 @@ def test_export_parity_and_states(exported, layout):
     checkpoint, ir_dir, report = exported(layout)
     parity = report["parity"]
     assert parity["ok"] and parity["greedy_equal"] and parity["long_prompt_tokens"] >= 1024
+    assert parity["genai_greedy_equal"] is True  # openvino.genai's LLMPipeline, short and long prompt
     assert max(parity["max_abs_diff_short"], parity["max_abs_diff_long"]) <= 1e-3
     config = LAYOUTS[layout]["config"].from_pretrained(checkpoint)
     variables = {v.info.variable_id: v.info.data_shape for v in read_ir(ir_dir).get_variables()}
@@ -145,6 +156,15 @@ def test_runtime_pieces_and_decode_match_dynamic(exported):
     dynamic compile; a prompt fed in three calls against the whole."""
     _, ir_dir, _ = exported("pruned")
     assert_runtime_matches_dynamic(ir_dir)
+
+
+def test_genai_left_padded_batch_and_stock_optimum(exported):
+    """A batch in openvino.genai (left-padded: attention masks the padding) equals its prompts one
+    by one; stock optimum-intel (no shedder_ov) generates torch's tokens."""
+    checkpoint, ir_dir, _ = exported("pruned")
+    assert_genai_batch_matches_single(ir_dir)
+    prompt = np.array([5, 17, 300, 42, 7, 99, 1000, 3])
+    assert stock_optimum_greedy(ir_dir, prompt.tolist(), 10) == torch_greedy(adapter_for(load_checkpoint(checkpoint)), prompt, 10)
 
 
 @pytest.mark.parametrize("mode", ["int8_asym", "int4_asym"])

@@ -3,10 +3,12 @@ for the stock layout and a heterogeneous pruned one, its runtime, compression, t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from shedder_ov.adapters import adapter_for
+from shedder_ov.checkpoints import load_checkpoint
 from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.graph_zamba2 import forward_with_states
 from shedder_ov.export.parity import torch_greedy
@@ -14,7 +16,15 @@ from shedder_ov.export.states import zamba2_states
 from shedder_ov.modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM
 from shedder_ov.runtime import read_ir
 
-from .conftest import MODELS, assert_real_model_exports, assert_runtime_matches_dynamic, exported_layouts, require
+from .conftest import (
+    MODELS,
+    assert_genai_batch_matches_single,
+    assert_real_model_exports,
+    assert_runtime_matches_dynamic,
+    exported_layouts,
+    require,
+    stock_optimum_greedy,
+)
 
 COMMON = dict(
     hidden_size=64, num_hidden_layers=6, layers_block_type=["mamba", "hybrid"] * 3, vocab_size=8192, n_mamba_heads=4,
@@ -82,6 +92,7 @@ def test_export_parity_and_states(exported, layout):
     checkpoint, ir_dir, report = exported(layout)
     parity = report["parity"]
     assert parity["ok"] and parity["greedy_equal"] and parity["long_prompt_tokens"] >= 1024
+    assert parity["genai_greedy_equal"] is True  # openvino.genai's LLMPipeline, short and long prompt
     assert max(parity["max_abs_diff_short"], parity["max_abs_diff_long"]) <= 1e-3
     config = ShedderZamba2Config.from_pretrained(checkpoint)
     variables = {v.info.variable_id: v.info.data_shape for v in read_ir(ir_dir).get_variables()}
@@ -96,6 +107,15 @@ def test_runtime_pieces_and_decode_match_dynamic(exported):
     dynamic compile; a prompt fed in three calls against the whole."""
     _, ir_dir, _ = exported("pruned")
     assert_runtime_matches_dynamic(ir_dir)
+
+
+def test_genai_left_padded_batch_and_stock_optimum(exported):
+    """A batch in openvino.genai (left-padded: attention masks the padding) equals its prompts one
+    by one; stock optimum-intel (no shedder_ov) generates torch's tokens."""
+    checkpoint, ir_dir, _ = exported("pruned")
+    assert_genai_batch_matches_single(ir_dir)
+    prompt = np.array([5, 17, 300, 42, 7, 99, 1000, 3])
+    assert stock_optimum_greedy(ir_dir, prompt.tolist(), 10) == torch_greedy(adapter_for(load_checkpoint(checkpoint)), prompt, 10)
 
 
 @pytest.mark.parametrize("mode", ["int8_asym", "int4_asym"])

@@ -9,12 +9,15 @@ import warnings
 from pathlib import Path
 
 from ..adapters import adapter_for
-from ..checkpoints import load_checkpoint, load_tokenizer
+from ..checkpoints import load_checkpoint, load_tokenizer, save_remote_code
 from ..errors import ShedderError
 from ..io import atomic_dir, write_json
 from .parity import check_parity
 
 REPORT_FILE = "shedder_export.json"
+TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")  # optimum-cli's names, what openvino.genai reads
+
+log = logging.getLogger(__name__)
 
 
 def export_model(model, out_dir: Path) -> None:
@@ -30,6 +33,19 @@ def export_model(model, out_dir: Path) -> None:
         export_from_model(model, out_dir, task="text-generation-with-past", stateful=True)
 
 
+def export_tokenizer_irs(tokenizer, out_dir: Path) -> bool:
+    """Save the tokenizer and, through optimum-intel (openvino-tokenizers), its tokenizer and
+    detokenizer IRs next to the model, as optimum-cli does; says so in one line when it cannot."""
+    from optimum.exporters.openvino.convert import export_tokenizer
+
+    tokenizer.save_pretrained(out_dir)
+    export_tokenizer(tokenizer, out_dir, task="text-generation-with-past")
+    converted = all((out_dir / name).is_file() for name in TOKENIZER_IRS)
+    if not converted:
+        log.warning("openvino-tokenizers could not convert the tokenizer (%s): no tokenizer IRs, openvino.genai will not load this IR folder", type(tokenizer).__name__)
+    return converted
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool = False, parity: bool = True) -> dict:
     """Export, save the tokenizer, compare with torch; writes shedder_export.json in the IR folder.
 
@@ -42,22 +58,22 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
     except ShedderError:
         tokenizer = None
     with atomic_dir(out_dir) as tmp:
+        save_remote_code(model.config, tmp)  # stock optimum-intel reads the config with trust_remote_code
         start = time.perf_counter()
         export_model(model, tmp)
         seconds = time.perf_counter() - start
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
         report = {
             "source": str(checkpoint),
             "model_type": model.config.model_type,
             "export_seconds": round(seconds, 2),
+            "tokenizer_irs": tokenizer is not None and export_tokenizer_irs(tokenizer, tmp),
             "parity": check_parity(tmp, adapter, tokenizer) if parity else None,
         }
         if strict and report["parity"] and not report["parity"]["ok"]:
             p = report["parity"]
             raise ShedderError(
                 f"{checkpoint}: IR does not match torch (max abs diff short {p['max_abs_diff_short']:.2e}, "
-                f"long {p['max_abs_diff_long']:.2e}, greedy equal: {p['greedy_equal']})"
+                f"long {p['max_abs_diff_long']:.2e}, greedy equal: {p['greedy_equal']}, in openvino.genai: {p['genai_greedy_equal']})"
             )
         write_json(tmp / REPORT_FILE, report)
     return report
