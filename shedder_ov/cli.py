@@ -123,6 +123,21 @@ def eval_(
     typer.echo(json.dumps(record, indent=2))
 
 
+@app.command("lm-eval-tasks")
+@one_line_errors
+def lm_eval_tasks(
+    out_dir: Path = typer.Argument(..., help="folder to write (lm_eval --include_path OUT_DIR)", show_default=False),
+    tasks: str = typer.Option("lambada_openai,piqa,arc_easy,arc_challenge,winogrande,openbookqa", help="zero-shot tasks"),
+    data_root: Path = typer.Option(Path("../shared/data"), help="folder with eval/"),
+) -> None:
+    """The local zero-shot tasks as an include folder for lm-eval's own CLI (e.g. `lm_eval --model openvino`)."""
+    from .evaluation.run import parse_list
+    from .evaluation.zeroshot import PAPER_TASKS, write_lm_eval_tasks
+
+    written = write_lm_eval_tasks(out_dir, data_root / "eval", parse_list(tasks, PAPER_TASKS, "--tasks"))
+    typer.echo(f"{out_dir}: {', '.join(written)} (lm_eval --include_path {out_dir} --tasks {','.join(written)})")
+
+
 @app.command("bench")
 @one_line_errors
 def bench(
@@ -137,6 +152,7 @@ def bench(
     profile: bool = typer.Option(False, help="also top ops of the longest prefill and a decode step (OV performance counters)"),
     dynamic: bool = typer.Option(False, help="one dynamic-shape compile per IR, as OVModelForCausalLM runs it (default: "
                                  "static-shape compiles for decode steps and 512-token prefill pieces)"),
+    genai: bool = typer.Option(False, help="also run each IR through openvino.genai's LLMPipeline (row after its own)"),
     json_out: Path = typer.Option(None, "--json", help="write the results here"),
 ) -> None:
     """Prefill latency, TTFT, decode tok/s, compile time, IR size and peak RSS of IRs, side by side."""
@@ -152,7 +168,7 @@ def bench(
     except ValueError:
         raise ShedderError(f"--lengths: {lengths!r} is not a comma-separated list of integers") from None
     result = run_bench(irs, names, threads, device=device, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
-                       repeats=repeats, precision=precision, profile=profile, specialize=[not dynamic] * len(irs))
+                       repeats=repeats, precision=precision, profile=profile, specialize=[not dynamic] * len(irs), genai=genai)
     if json_out:
         write_json(json_out, result)
     typer.echo(format_table(result))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from shedder_ov.errors import ShedderError
 from shedder_ov.evaluation.ppl import evaluate_ppl
 from shedder_ov.evaluation.runtime import open_model
-from shedder_ov.evaluation.zeroshot import evaluate_zeroshot, task_config
+from shedder_ov.evaluation.zeroshot import evaluate_zeroshot, task_config, write_lm_eval_tasks
 
 from .conftest import SHARED, tiny_model
 
@@ -67,6 +69,33 @@ def test_zeroshot_scores_a_few_items(checkpoint_and_ir):
     assert piqa["n"] == 4 and piqa["metric"] == "acc_norm" and 0.0 <= piqa["value"] <= 1.0
     assert "not available locally" in result["tasks"]["hellaswag"]["skipped"]
     assert result["average"] == piqa["value"]
+
+
+def test_lm_eval_cli_scores_our_ir_as_we_do(checkpoint_and_ir, tmp_path):
+    """lm-eval's own `--model openvino` (optimum-intel) on our IR with the written include folder
+    gives the numbers of `shedder-ov eval`: the labels-merged copy (piqa), a docs.py function
+    (arc_easy) and lm-eval's winogrande functions."""
+    import subprocess
+    import sys
+
+    tasks = ["piqa", "arc_easy", "winogrande"]
+    ir = checkpoint_and_ir[1]
+    ours = evaluate_zeroshot(open_model(ir), tasks, DATA / "eval", limit=6)["tasks"]
+    write_lm_eval_tasks(tmp_path / "tasks", DATA / "eval", tasks)
+    (tmp_path / "f32.json").write_text('{"INFERENCE_PRECISION_HINT": "f32"}')
+    command = [
+        str(Path(sys.executable).with_name("lm_eval")), "--model", "openvino", "--device", "cpu",
+        "--model_args", f"pretrained={ir},ov_config={tmp_path / 'f32.json'}", "--include_path", str(tmp_path / "tasks"),
+        "--tasks", ",".join(tasks), "--limit", "6", "--batch_size", "4", "--output_path", str(tmp_path / "out"),
+    ]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    theirs = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+    for task in tasks:
+        for metric in ("acc", "acc_norm"):
+            if metric in ours[task]:
+                assert theirs[task][f"{metric},none"] == pytest.approx(ours[task][metric]), (task, metric)
 
 
 def test_missing_task_data_is_one_clear_error(tmp_path):

@@ -6,14 +6,19 @@ batch of windows" interface as PPL, so torch checkpoints and IRs are scored iden
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import get_args
+
+import yaml
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ShedderError
+from ..io import atomic_dir
 from ..recipe import ZeroShotTask
 from .runtime import LogitsModel
 
@@ -48,6 +53,49 @@ def task_config(task: str, data_dir: Path) -> dict:
         values = [int(line) for line in (Path(data_dir) / labels).read_text().split()]
         config["process_docs"] = lambda dataset: dataset.add_column("label", values)
     return config
+
+
+class _Function(str):
+    """An lm-eval `!function module.name` reference, kept as written through load and dump."""
+
+
+class _TaskLoader(yaml.SafeLoader):
+    pass
+
+
+class _TaskDumper(yaml.SafeDumper):
+    pass
+
+
+_TaskLoader.add_constructor("!function", lambda loader, node: _Function(loader.construct_scalar(node)))
+_TaskDumper.add_representer(_Function, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
+
+
+def write_lm_eval_tasks(out_dir: Path, data_dir: Path, tasks: list[str]) -> list[str]:
+    """A folder for lm-eval's own CLI (`lm_eval --include_path OUT_DIR --tasks ...`): the shipped
+    task YAMLs with their data files at absolute paths under `data_dir`, tasks whose labels live in
+    a separate file given a jsonl copy with the labels merged, and docs.py alongside. Include-path
+    tasks take precedence over lm-eval's own of the same name. Returns the tasks written."""
+    out_dir, data_dir = Path(out_dir).resolve(), Path(data_dir).resolve()
+    for task in tasks:
+        task_config(task, data_dir)  # unknown / unavailable task or a missing file: one line, before writing
+    with atomic_dir(out_dir) as tmp:
+        shutil.copy(TASKS_DIR / "docs.py", tmp / "docs.py")
+        for task in tasks:
+            config = yaml.load((TASKS_DIR / f"{task}.yaml").read_text(), Loader=_TaskLoader)
+            files = config["dataset_kwargs"]["data_files"]
+            labels = config.pop("labels_file", None)
+            if labels:
+                (split, name), = files.items()
+                values = [int(line) for line in (data_dir / labels).read_text().split()]
+                docs = [json.loads(line) for line in (data_dir / name).read_text().splitlines() if line.strip()]
+                (tmp / f"{task}.jsonl").write_text("".join(json.dumps(doc | {"label": label}) + "\n" for doc, label in zip(docs, values)))
+                files = {split: str(out_dir / f"{task}.jsonl")}
+            else:
+                files = {split: str(data_dir / name) for split, name in files.items()}
+            config["dataset_kwargs"]["data_files"] = files
+            (tmp / f"{task}.yaml").write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False))
+    return tasks
 
 
 def available_tasks() -> list[str]:
