@@ -12,6 +12,7 @@ A candidate is one removable part of one layer, named readably and stably:
 | `mlp_channels`    | `layers.3.mlp.channels`  | one more group of `group_size` channels of that MLP |
 | `attention_heads` | `layers.3.attn.heads.1`  | one KV head with its query heads                    |
 | `ssm_heads`       | `layers.7.ssm.heads.2`   | one group-aligned set of SSM heads                  |
+| `experts`         | `layers.3.experts.1`     | one routed expert of an MoE layer (its router row)  |
 
 In a layer that holds nothing but a Mamba mixer, `layer` and `mamba_block` are the same part:
 the adapter names it `layers.i.block`. `mlp_channels` is the one repeatable target: the same
@@ -25,10 +26,10 @@ from typing import Literal, get_args
 
 from ..errors import ShedderError
 
-Target = Literal["layer", "mamba_block", "ssm", "attention", "mlp", "mlp_channels", "attention_heads", "ssm_heads"]
+Target = Literal["layer", "mamba_block", "ssm", "attention", "mlp", "mlp_channels", "attention_heads", "ssm_heads", "experts"]
 TARGETS: tuple[str, ...] = get_args(Target)
 REPEATABLE = frozenset({"mlp_channels"})
-HEADED = frozenset({"attention_heads", "ssm_heads"})
+HEADED = frozenset({"attention_heads", "ssm_heads", "experts"})  # indexed: layers.<i>.<part>.<j>
 
 _SUFFIX = {
     "layer": "layer",
@@ -39,6 +40,7 @@ _SUFFIX = {
     "mlp_channels": "mlp.channels",
     "attention_heads": "attn.heads",
     "ssm_heads": "ssm.heads",
+    "experts": "experts",
 }
 _KIND = {suffix: kind for kind, suffix in _SUFFIX.items()}
 _NAME = re.compile(r"^layers\.(\d+)\.([a-z.]+?)(?:\.(\d+))?$")

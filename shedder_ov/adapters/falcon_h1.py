@@ -130,7 +130,7 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
     def validate(self, candidate: Candidate) -> None:
         kind, layer = candidate.kind, candidate.layer
         if kind not in self.targets:
-            raise ShedderError(f"{candidate.name}: a falcon_h1 model has no {kind} (it has: {', '.join(self.targets)})")
+            raise ShedderError(f"{candidate.name}: a {self.family} model has no {kind} (it has: {', '.join(self.targets)})")
         if not 0 <= layer < self.num_layers:
             raise ShedderError(f"{candidate.name}: the model has {self.num_layers} layers (0..{self.num_layers - 1})")
         if not self._has(layer, kind):
@@ -217,10 +217,13 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
         attn = self.layers[layer].self_attn
         batch, length, _ = x.shape
         q = attn.q_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-        k = (attn.k_proj(x).view(batch, length, -1, attn.head_dim) * attn.key_multiplier).transpose(1, 2)
+        k = attn.k_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+        if hasattr(attn, "key_multiplier"):  # Falcon-H1's muP key scale (Granite-4.0-H has none)
+            k = k * attn.key_multiplier
         v = attn.v_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-        positions = torch.arange(length, device=x.device)[None]
-        q, k = apply_rotary_pos_emb(q, k, *self.model.model.rotary_emb(x, positions))
+        if self.model.model.rotary_emb is not None:  # Granite-4.0-H may run without positions (NoPE)
+            positions = torch.arange(length, device=x.device)[None]
+            q, k = apply_rotary_pos_emb(q, k, *self.model.model.rotary_emb(x, positions))
         groups = q.shape[1] // k.shape[1]
         out = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), is_causal=True, scale=attn.scaling)
         gone = self._gone(layer, "attention_heads", self.masked)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
-from transformers.models.granitemoehybrid.modeling_granitemoehybrid import GraniteMoeHybridMambaLayer, apply_rotary_pos_emb
+from transformers.models.granitemoehybrid.modeling_granitemoehybrid import GraniteMoeHybridMambaLayer
 
 from ..errors import ShedderError
 from ..modeling import GraniteMoeHybridMambaLayerWithoutSSM, ShedderGraniteMoeHybridConfig, ShedderGraniteMoeHybridForCausalLM, auto_map
@@ -144,23 +144,6 @@ class GraniteMoeHybridAdapter(FalconH1Adapter):
                 out = out + self._mlp(layer, normed)
             hidden = hidden + out * part.residual_multiplier
         return hidden
-
-    def _attention(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        attn = self.layers[layer].self_attn
-        batch, length, _ = x.shape
-        q, k, v = (proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        if self.model.model.rotary_emb is not None:
-            positions = torch.arange(length, device=x.device)[None]
-            q, k = apply_rotary_pos_emb(q, k, *self.model.model.rotary_emb(x, positions))
-        groups = q.shape[1] // k.shape[1]
-        out = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), is_causal=True, scale=attn.scaling)
-        gone = self._gone(layer, "attention_heads", self.masked)
-        if gone:  # a KV head's query heads are contiguous: heads k·groups .. (k+1)·groups - 1
-            keep = torch.ones(q.shape[1], dtype=out.dtype, device=out.device)
-            for head in gone:
-                keep[head * groups : (head + 1) * groups] = 0
-            out = out * keep[None, :, None, None]
-        return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
     def _mamba(self, layer: int, normed: torch.Tensor) -> torch.Tensor:
         mixer = self.layers[layer].mamba
