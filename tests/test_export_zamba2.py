@@ -11,10 +11,10 @@ from shedder_ov.adapters import adapter_for
 from shedder_ov.checkpoints import load_checkpoint
 from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.graph_zamba2 import forward_with_states
-from shedder_ov.export.parity import torch_greedy
+from shedder_ov.export.parity import genai_greedy, torch_greedy
 from shedder_ov.export.states import zamba2_states
 from shedder_ov.modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM
-from shedder_ov.runtime import read_ir
+from shedder_ov.runtime import StatefulIR, read_ir
 
 from .conftest import (
     MODELS,
@@ -144,6 +144,8 @@ def test_compressed_variants_generate(exported, tmp_path, mode):
     assert len(inv_freq) == 1 and inv_freq[0].get_output_element_type(0) == ov.Type.f32  # RoPE: never quantized
     model = OVModelForCausalLM.from_pretrained(tmp_path / mode)
     assert model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False).shape[1] == 9
+    ids = np.arange(3, 40)
+    assert genai_greedy(tmp_path / mode, [ids], [8]) == [StatefulIR(tmp_path / mode, specialize=False).greedy(ids, 8)[0]]  # genai: the same dynamic compile
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """OpenVINO export configs, registered with optimum-intel's TasksManager for every family we
-export: the stock mamba / falcon_mamba / zamba2 entries are replaced (their graphs are slow and
-inexact on long prompts, Zamba2's is wrong on OpenVINO >= 2026.1, all are capped at older
-transformers), mamba2, falcon_h1 (optimum-intel has no export for it) and our pruned types are
-added. One config class serves every family; what differs (the traced graph, the per-layer
+export: the stock mamba / falcon_mamba / zamba2 / granitemoehybrid entries are replaced (their
+graphs are slow — a per-token scan — and some inexact on long prompts, Zamba2's is wrong on
+OpenVINO >= 2026.1, several are capped at older transformers), mamba2, falcon_h1 (optimum-intel
+has no export for them) and our pruned types are added. One config class serves every family; what differs (the traced graph, the per-layer
 states) comes from `FAMILY_EXPORTS`."""
 
 from __future__ import annotations
@@ -61,12 +61,26 @@ class MambaStateDummyInputGenerator(DummyInputGenerator):
         return [self.random_float_tensor(shape, framework=framework, dtype=float_dtype) for shape in shapes]
 
 
+class KVCacheAtF32(dict):
+    """Runtime options of the IR (its rt_info, applied by every compile_model: openvino.genai's,
+    OVModelForCausalLM's) with the KV cache kept at f32. optimum-intel's export asks for f16, which
+    makes the hybrids' f32-hint greedy tokens in genai differ from torch's; a compile that passes
+    its own KV_CACHE_PRECISION (our runtime: the inference precision) still overrides it."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, "f32" if key == "KV_CACHE_PRECISION" else value)
+
+
 class ShedderMambaOpenVINOConfig(TextDecoderOpenVINOConfig):
     DUMMY_INPUT_GENERATOR_CLASSES = (DummyTextInputGenerator, MambaStateDummyInputGenerator)
     DUMMY_PKV_GENERATOR_CLASS = MambaStateDummyInputGenerator
     NORMALIZED_CONFIG_CLASS = NormalizedTextConfig
     MAX_TRANSFORMERS_VERSION = TESTED_TRANSFORMERS
     _MODEL_PATCHER = ShedderMambaPatcher
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runtime_options = KVCacheAtF32(KV_CACHE_PRECISION="f32")
 
     @property
     def family(self) -> FamilyExport:

@@ -10,7 +10,7 @@ multiply-adds). (No einsum in scripted code: OpenVINO cannot read its equation i
 
 * Mamba-2: the chunked SSD of `ops.ssd` (TorchScript-compatible, dynamic length).
 * Mamba-1: `chunked_scan`, 16-position chunks processed in parallel with unrolled steps, the
-  history carried across chunks by `carry_chunks` (an unrolled doubling scan).
+  history carried across chunks by `carry_chunks` (unrolled up to 32 chunks, else a doubling scan).
   Like `ops.selective_scan` it only multiplies decays in (0, 1], so it stays exact on long
   prompts.
 """
@@ -58,14 +58,19 @@ def carry_chunks(ends: torch.Tensor, decay: torch.Tensor, state: torch.Tensor) -
     """The state entering each chunk [b, chunks, n, d] and the final one, from each chunk's end
     state from zero (`ends`), its total decay and the state before the first chunk [b, 1, n, d].
 
-    A doubling scan over whole tensors, its 16 turns unrolled: 2^16 chunks (1M tokens in one
-    call); turns with step >= chunks change nothing and cost little. Not a Loop, nor an If on the
-    length: inside the decode/prefill If, either makes the CPU plugin's dynamic-shape compile
-    (openvino.genai's, optimum-intel's) return wrong logits on the first call longer than any
-    before it (OpenVINO 2026.4)."""
+    A doubling scan: log2(chunks) turns over whole tensors. Up to 32 chunks (a 512-token piece)
+    its five turns are unrolled (in a static-shape compile OpenVINO keeps only this branch);
+    longer prompts take a TorchScript `while` (an OpenVINO Loop)."""
+    chunks = ends.shape[1]
     h = torch.cat([ends[:, :1] + decay[:, :1] * state, ends[:, 1:]], dim=1)
-    for step in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768):
-        h, decay = doubling_turn(h, decay, step)
+    if chunks <= 32:
+        for step in (1, 2, 4, 8, 16):  # turns with step >= chunks change nothing
+            h, decay = doubling_turn(h, decay, step)
+    else:
+        step = 1
+        while step < chunks:
+            h, decay = doubling_turn(h, decay, step)
+            step = step * 2
     return torch.cat([state, h[:, :-1]], dim=1), h[:, -1]
 
 
