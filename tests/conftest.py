@@ -174,6 +174,36 @@ def assert_generate_matches_recompute(model, prompt: torch.Tensor, new_tokens: i
     assert torch.equal(generated, sequence)
 
 
+@torch.no_grad()
+def assert_graph_in_pieces_matches_model(model, forward_with_states, zero_states) -> None:
+    """A family's traced function itself (torch): a prompt fed as 11 + 1 + 1 + 27 tokens, states
+    carried (KV grows, RoPE at the offset, chunked scan from a state, one-token steps), gives the
+    model's own cache-free logits. `zero_states(config, batch)` -> the graph's initial states."""
+    from shedder_ov.adapters import adapter_for
+
+    ids = torch.randint(0, 8192, (2, 40), generator=torch.Generator().manual_seed(1))
+    states, pieces = zero_states(model.config, 2), []
+    for start, end in ((0, 11), (11, 12), (12, 13), (13, 40)):
+        logits, states = forward_with_states(adapter_for(model), ids[:, start:end], torch.ones(2, end - start), states)
+        pieces.append(logits)
+    assert torch.allclose(torch.cat(pieces, dim=1), model(ids, use_cache=False).logits, atol=1e-5)
+
+
+@torch.no_grad()
+def assert_graph_steps_match_generate(model, forward_with_states, zero_states) -> None:
+    """Greedy decoding on the graph's states = the model's generate() on its own cache."""
+    from shedder_ov.adapters import adapter_for
+
+    prompt = torch.randint(1, 8192, (1, 7), generator=torch.Generator().manual_seed(2))
+    expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    states, ids, tokens = zero_states(model.config, 1), prompt, []
+    for _ in range(12):
+        logits, states = forward_with_states(adapter_for(model), ids, torch.ones(ids.shape), states)
+        ids = logits[:, -1:].argmax(-1)
+        tokens.append(int(ids))
+    assert tokens == expected[0, 7:].tolist()
+
+
 def exported_layouts(tmp_path_factory, tokenizer, build):
     """get(layout) -> (checkpoint, IR folder, parity report) of `build(layout)`, exported (strict) once per module."""
     from shedder_ov.export.exporter import export_checkpoint

@@ -20,6 +20,8 @@ from shedder_ov.runtime import StatefulIR, read_ir
 
 from .conftest import (
     MODELS,
+    assert_graph_in_pieces_matches_model,
+    assert_graph_steps_match_generate,
     assert_genai_batch_matches_single,
     assert_real_model_exports,
     assert_runtime_matches_dynamic,
@@ -105,33 +107,13 @@ def test_states_follow_the_layout():
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@torch.no_grad()
 def test_graph_in_pieces_matches_model(layout):
-    """The traced function itself (torch): a prompt fed as 11 + 1 + 1 + 27 tokens, states carried
-    (KV grows, RoPE at the offset, chunked SSD from a state, one-token steps), gives the model's
-    own cache-free logits."""
-    model = tiny_falcon_h1(layout)
-    ids = torch.randint(0, 8192, (2, 40), generator=torch.Generator().manual_seed(1))
-    states, pieces = zero_states(model.config, 2), []
-    for start, end in ((0, 11), (11, 12), (12, 13), (13, 40)):
-        logits, states = forward_with_states(adapter_for(model), ids[:, start:end], torch.ones(2, end - start), states)
-        pieces.append(logits)
-    assert torch.allclose(torch.cat(pieces, dim=1), model(ids, use_cache=False).logits, atol=1e-5)
+    assert_graph_in_pieces_matches_model(tiny_falcon_h1(layout), forward_with_states, zero_states)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@torch.no_grad()
 def test_graph_steps_match_generate_with_cache(layout):
-    """Greedy decoding on the graph's states = the model's generate() on its own cache."""
-    model = tiny_falcon_h1(layout)
-    prompt = torch.randint(1, 8192, (1, 7), generator=torch.Generator().manual_seed(2))
-    expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    states, ids, tokens = zero_states(model.config, 1), prompt, []
-    for _ in range(12):
-        logits, states = forward_with_states(adapter_for(model), ids, torch.ones(ids.shape), states)
-        ids = logits[:, -1:].argmax(-1)
-        tokens.append(int(ids))
-    assert tokens == expected[0, 7:].tolist()
+    assert_graph_steps_match_generate(tiny_falcon_h1(layout), forward_with_states, zero_states)
 
 
 @pytest.mark.parametrize("layout", EXPORTED)

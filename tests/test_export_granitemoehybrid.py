@@ -22,7 +22,15 @@ from shedder_ov.export.states import granitemoehybrid_states
 from shedder_ov.modeling import ShedderGraniteMoeHybridConfig, ShedderGraniteMoeHybridForCausalLM
 from shedder_ov.runtime import read_ir
 
-from .conftest import MODELS, assert_real_model_exports, assert_runtime_matches_dynamic, exported_layouts, require
+from .conftest import (
+    MODELS,
+    assert_graph_in_pieces_matches_model,
+    assert_graph_steps_match_generate,
+    assert_real_model_exports,
+    assert_runtime_matches_dynamic,
+    exported_layouts,
+    require,
+)
 
 SMALL = dict(
     hidden_size=64, num_hidden_layers=4, vocab_size=8192, num_attention_heads=4, num_key_value_heads=2,
@@ -97,33 +105,13 @@ def test_states_follow_the_layout():
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@torch.no_grad()
 def test_graph_in_pieces_matches_model(layout):
-    """The traced function itself (torch): a prompt fed as 11 + 1 + 1 + 27 tokens, states carried
-    (KV grows, RoPE at the offset, chunked SSD from a state, one-token steps, top-k routing),
-    gives the model's own cache-free logits."""
-    model = tiny_granite(layout)
-    ids = torch.randint(0, 8192, (2, 40), generator=torch.Generator().manual_seed(1))
-    states, pieces = zero_states(model.config, 2), []
-    for start, end in ((0, 11), (11, 12), (12, 13), (13, 40)):
-        logits, states = forward_with_states(adapter_for(model), ids[:, start:end], torch.ones(2, end - start), states)
-        pieces.append(logits)
-    assert torch.allclose(torch.cat(pieces, dim=1), model(ids, use_cache=False).logits, atol=1e-5)
+    assert_graph_in_pieces_matches_model(tiny_granite(layout), forward_with_states, zero_states)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@torch.no_grad()
 def test_graph_steps_match_generate_with_cache(layout):
-    """Greedy decoding on the graph's states = the model's generate() on its own cache."""
-    model = tiny_granite(layout)
-    prompt = torch.randint(1, 8192, (1, 7), generator=torch.Generator().manual_seed(2))
-    expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    states, ids, tokens = zero_states(model.config, 1), prompt, []
-    for _ in range(12):
-        logits, states = forward_with_states(adapter_for(model), ids, torch.ones(ids.shape), states)
-        ids = logits[:, -1:].argmax(-1)
-        tokens.append(int(ids))
-    assert tokens == expected[0, 7:].tolist()
+    assert_graph_steps_match_generate(tiny_granite(layout), forward_with_states, zero_states)
 
 
 @pytest.mark.parametrize("layout", EXPORTED)
