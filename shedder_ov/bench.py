@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ShedderError
-from .runtime import StatefulIR, ir_file
+from .runtime import StatefulIR, genai_generate, ir_file
 
 STREAMS = 1  # batch-1 latency: more streams only split the cores
 
@@ -143,7 +143,6 @@ def bench_genai(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048),
     """Time one IR through openvino.genai's LLMPipeline, as deployments run it (token ids in, so
     tokenization is not timed): prefill = its time to first token, decode = its time per output
     token after the first prompt length, from the pipeline's own perf metrics."""
-    import openvino as ov
     import openvino_genai
 
     xml = ir_file(Path(path))
@@ -155,10 +154,7 @@ def bench_genai(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048),
     rng = np.random.default_rng(0)
 
     def generate(length: int, count: int):
-        ids = rng.integers(2, vocab, (1, length)).astype(np.int64)
-        inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
-        config = openvino_genai.GenerationConfig(max_new_tokens=count, ignore_eos=True, do_sample=False)
-        return pipe.generate(inputs, config).perf_metrics
+        return genai_generate(pipe, rng.integers(2, vocab, length), count).perf_metrics
 
     row["prefill_ms"] = {}
     for length in prompt_lengths:

@@ -68,6 +68,17 @@ def ir_feeds(input_names: set[str], ids: np.ndarray, past: int = 0, full_mask: b
     return {name: known[name]() for name in input_names}
 
 
+def genai_generate(pipe, prompt: np.ndarray, new_tokens: int):
+    """openvino.genai `LLMPipeline.generate` on token ids [l], greedy, exactly `new_tokens` tokens
+    (EOS ignored); returns its EncodedResults (tokens, perf_metrics)."""
+    import openvino as ov
+    import openvino_genai
+
+    ids = prompt[None].astype(np.int64)
+    inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
+    return pipe.generate(inputs, openvino_genai.GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True, do_sample=False))
+
+
 def with_static_shape(model, batch: int, length: int):
     """A copy of `model` for inputs of exactly [batch, length], its state variables' batch included
     (a KV cache variable keeps its dynamic length: it grows by `length` each call)."""

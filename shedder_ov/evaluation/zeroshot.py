@@ -12,10 +12,9 @@ import shutil
 from pathlib import Path
 from typing import get_args
 
-import yaml
-
 import torch
 import torch.nn.functional as F
+import yaml
 
 from ..errors import ShedderError
 from ..io import atomic_dir

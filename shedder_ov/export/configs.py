@@ -2,8 +2,8 @@
 export: the stock mamba / falcon_mamba / zamba2 / granitemoehybrid entries are replaced (their
 graphs are slow — a per-token scan — and some inexact on long prompts, Zamba2's is wrong on
 OpenVINO >= 2026.1, several are capped at older transformers), mamba2, falcon_h1 (optimum-intel
-has no export for them) and our pruned types are added. One config class serves every family; what differs (the traced graph, the per-layer
-states) comes from `FAMILY_EXPORTS`."""
+has no export for them) and our pruned types are added. One config class serves every family;
+what differs (the traced graph, the per-layer states) comes from `FAMILY_EXPORTS`."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..runtime import StatefulIR
+from ..runtime import StatefulIR, genai_generate
 
 TOLERANCE = 1e-3
 LONG_PROMPT = 1024
@@ -46,30 +46,23 @@ def torch_greedy(adapter, prompt: np.ndarray, new_tokens: int) -> list[int]:
 
 def genai_greedy(ir_dir, prompts: list[np.ndarray], new_tokens: list[int]) -> list[list[int]]:
     """Greedy tokens of openvino.genai's LLMPipeline (f32 hint) for each prompt, in one pipeline."""
-    import openvino as ov
     import openvino_genai
 
     pipe = openvino_genai.LLMPipeline(str(ir_dir), "CPU", INFERENCE_PRECISION_HINT="f32")
-    tokens = []
-    for prompt, count in zip(prompts, new_tokens):
-        ids = prompt[None].astype(np.int64)
-        inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
-        config = openvino_genai.GenerationConfig(max_new_tokens=count, ignore_eos=True, do_sample=False)
-        tokens.append([int(t) for t in pipe.generate(inputs, config).tokens[0]])
-    return tokens
+    return [[int(t) for t in genai_generate(pipe, prompt, count).tokens[0]] for prompt, count in zip(prompts, new_tokens)]
 
 
 def check_parity(ir_dir, adapter, tokenizer) -> dict:
     """The parity figures of an IR against the torch model it was exported from."""
     ir = StatefulIR(ir_dir)
     short, long = prompts(tokenizer, adapter.model.config.vocab_size)
-    diffs, first_token = {}, {}
+    diffs = {}
     with torch.no_grad():
         for name, ids in (("short", short), ("long", long)):
             ir.reset()
             reference = adapter.logits(torch.from_numpy(ids)[None]).numpy()
             diffs[name] = float(np.abs(ir(ids[None]) - reference).max())
-            first_token[name] = int(reference[0, -1].argmax())
+    long_first = int(reference[0, -1].argmax())  # torch's next token after the long prompt
     ir_tokens, _ = ir.greedy(short, NEW_TOKENS)
     torch_tokens = torch_greedy(adapter, short, NEW_TOKENS)
     equal = ir_tokens == torch_tokens
@@ -80,7 +73,7 @@ def check_parity(ir_dir, adapter, tokenizer) -> dict:
         # recompute the whole prompt each token
         long_tokens, _ = ir.greedy(long, LONG_NEW_TOKENS)
         genai_tokens = genai_greedy(ir_dir, [short, long], [NEW_TOKENS, LONG_NEW_TOKENS])
-        genai_equal = genai_tokens == [torch_tokens, long_tokens] and long_tokens[0] == first_token["long"]
+        genai_equal = genai_tokens == [torch_tokens, long_tokens] and long_tokens[0] == long_first
     return {
         "max_abs_diff_short": diffs["short"],
         "max_abs_diff_long": diffs["long"],
