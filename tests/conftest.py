@@ -164,6 +164,19 @@ print(json.dumps(out[0, ids.shape[1]:].tolist()))
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+def assert_stock_optimum_matches_torch(checkpoint: Path, ir_dir: Path, new_tokens: int = 10) -> None:
+    """Stock optimum-intel (no shedder_ov) generates the torch model's greedy tokens from the IR."""
+    import numpy as np
+
+    from shedder_ov.adapters import adapter_for
+    from shedder_ov.checkpoints import load_checkpoint
+    from shedder_ov.export.parity import torch_greedy
+
+    prompt = np.array([5, 17, 300, 42, 7, 99, 1000, 3])
+    expected = torch_greedy(adapter_for(load_checkpoint(checkpoint)), prompt, new_tokens)
+    assert stock_optimum_greedy(ir_dir, prompt.tolist(), new_tokens) == expected
+
+
 @torch.no_grad()
 def assert_generate_matches_recompute(model, prompt: torch.Tensor, new_tokens: int = 10) -> None:
     """Greedy `generate` with the model's cache gives the tokens of full recompute, token by token."""

@@ -21,7 +21,7 @@ from shedder_ov.export.parity import DYNAMIC_COMPILE_UNRELIABLE, genai_greedy, t
 from shedder_ov.ops.selective_scan import selective_scan
 from shedder_ov.runtime import StatefulIR, read_ir
 
-from .conftest import FAMILIES, MODELS, REPO, require, stock_optimum_greedy, tiny_model
+from .conftest import FAMILIES, MODELS, REPO, assert_stock_optimum_matches_torch, require, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +165,7 @@ def test_dynamic_compile_on_growing_prompts(exported, name):
 @pytest.mark.parametrize("name", ["mamba", "pruned"])  # optimum-intel's Mamba class, and its generic stateful decoder
 def test_stock_optimum_intel_without_package(exported, name):
     checkpoint, ir_dir, _ = exported(name)
-    prompt = np.array([5, 17, 300, 42, 7, 99, 1000, 3])
-    expected = torch_greedy(adapter_for(load_checkpoint(checkpoint)), prompt, 12)
-    assert stock_optimum_greedy(ir_dir, prompt.tolist(), 12) == expected
+    assert_stock_optimum_matches_torch(checkpoint, ir_dir, 12)
 
 
 def test_genai_chat_streaming_and_batches(exported):

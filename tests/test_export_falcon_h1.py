@@ -10,7 +10,6 @@ import torch
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
 from shedder_ov.adapters import adapter_for
-from shedder_ov.checkpoints import load_checkpoint
 from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.graph_falcon_h1 import forward_with_states
 from shedder_ov.export.parity import genai_greedy, torch_greedy
@@ -25,9 +24,9 @@ from .conftest import (
     assert_genai_batch_matches_single,
     assert_real_model_exports,
     assert_runtime_matches_dynamic,
+    assert_stock_optimum_matches_torch,
     exported_layouts,
     require,
-    stock_optimum_greedy,
 )
 
 SMALL = dict(
@@ -145,8 +144,7 @@ def test_genai_left_padded_batch_and_stock_optimum(exported):
     by one; stock optimum-intel (no shedder_ov) generates torch's tokens."""
     checkpoint, ir_dir, _ = exported("pruned")
     assert_genai_batch_matches_single(ir_dir)
-    prompt = np.array([5, 17, 300, 42, 7, 99, 1000, 3])
-    assert stock_optimum_greedy(ir_dir, prompt.tolist(), 10) == torch_greedy(adapter_for(load_checkpoint(checkpoint)), prompt, 10)
+    assert_stock_optimum_matches_torch(checkpoint, ir_dir)
 
 
 @pytest.mark.parametrize("mode", ["int8_asym", "int4_asym"])
