@@ -156,6 +156,7 @@ def evaluate_zeroshot(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import evaluator
     from lm_eval.api.task import ConfigurableTask
+    from lm_eval.tasks import TaskManager
 
     report: dict = {}
     runnable = []
@@ -168,6 +169,7 @@ def evaluate_zeroshot(
         output = evaluator.simple_evaluate(
             model=make_lm(model, batch_size), tasks=runnable, limit=limit, log_samples=False, bootstrap_iters=0,
             verbosity="WARNING",
+            task_manager=TaskManager(include_defaults=False),  # tasks are built: skip indexing lm-eval's ~56k YAMLs (14 s)
         )
         for task, values in output["results"].items():
             entry = {k.split(",")[0]: v for k, v in values.items() if k.endswith(",none") and "stderr" not in k}
