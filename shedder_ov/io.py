@@ -11,11 +11,19 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def remove_stale(target: Path, suffix: str) -> None:
+    """Drop the temporaries a killed writer of `target` left behind (writers of one output hold
+    its lock, so no live writer owns them)."""
+    for stale in target.parent.glob(f".{target.name}.*{suffix}"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on success it replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path, ".tmp")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -43,6 +51,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `target` in one rename."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target, ".partial")
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
     try:
         yield tmp

@@ -19,7 +19,7 @@ from .adapters import HEADED, Candidate, adapter_for
 from .checkpoints import checkpoint_family, load_checkpoint, load_tokenizer, read_removal_list, resolve_device, save_remote_code
 from .data import load_windows
 from .errors import ShedderError
-from .io import atomic_dir, read_json, write_json
+from .io import atomic_dir, atomic_file, read_json, write_json
 from .recipe import EXACT_METHODS, Recipe
 from .search import GreedySearch, PerplexityScorer, SearchLog, Stage
 
@@ -280,7 +280,8 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
     }
     if recipe.search.unshare:
         result["params"]["stored_before_unshare"] = stored_before_unshare
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    with atomic_file(out / "recipe.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     write_json(result_path, result)
     console.print(summary_table(result))
     console.print(f"pruned checkpoint: {pruned_dir}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import write_json
+from .io import atomic_file, write_json
 
 PRECISIONS = ("fp32", "int8", "int4")
 IR_DIRS = {"original": "ov-original", "pruned": "ov", "recovered": "ov-recovered"}
@@ -89,6 +89,15 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def save_figure(figure, target: Path) -> None:
+    """PNG through a temporary file, closed after: a killed report leaves no half image."""
+    with atomic_file(target) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
 def plot_search(out: Path, result: dict | None, target: Path) -> Path | None:
     """PPL along the chosen path vs params removed, and every candidate the search scored."""
     if not result or not any(r.get("ppl") for r in result.get("removed", [])):
@@ -115,8 +124,7 @@ def plot_search(out: Path, result: dict | None, target: Path) -> Path | None:
     else:
         right.set_axis_off()
     figure.tight_layout()
-    figure.savefig(target, dpi=110)
-    plt.close(figure)
+    save_figure(figure, target)
     return target
 
 
@@ -135,8 +143,7 @@ def plot_pareto(rows: list[dict], target: Path) -> Path | None:
         axis.annotate(f"{row['variant']} {row['precision']}", (row["decode_tok_s"], 100 * row["avg_acc"]), fontsize=8)
     axis.set(xlabel="decode tokens/s (batch 1)", ylabel="avg zero-shot acc (%)", title="accuracy vs speed")
     figure.tight_layout()
-    figure.savefig(target, dpi=110)
-    plt.close(figure)
+    save_figure(figure, target)
     return target
 
 
@@ -174,5 +181,6 @@ def write_report(output_dir: str | Path) -> Path:
         lines += ["", "## Missing", ""] + [f"- {m}" for m in data["missing"]]
     write_json(out / "report.json", data)
     target = out / "report.md"
-    target.write_text("\n".join(lines) + "\n")
+    with atomic_file(target) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return target
