@@ -18,6 +18,7 @@ from typing import Literal
 from ..errors import ShedderError
 from ..io import atomic_dir, read_json, write_json
 from ..runtime import IR_FILE, read_ir
+from .stable_names import make_names_stable
 
 Mode = Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym"]
 MODES = ("int8_sym", "int8_asym", "int4_sym", "int4_asym")
@@ -133,5 +134,6 @@ def compress_ir(ir_dir: str | Path, out_dir: str | Path, options: CompressOption
             "compress_seconds": round(seconds, 2),
             "ir_bytes": (tmp / "openvino_model.bin").stat().st_size,
         }
+        make_names_stable(tmp)
         write_json(tmp / REPORT_FILE, report)
     return report

@@ -13,6 +13,7 @@ from ..checkpoints import load_checkpoint, load_tokenizer, save_remote_code
 from ..errors import ShedderError
 from ..io import atomic_dir, write_json
 from .parity import check_parity
+from .stable_names import make_names_stable
 
 REPORT_FILE = "shedder_export.json"
 TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")  # optimum-cli's names, what openvino.genai reads
@@ -75,5 +76,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
                 f"{checkpoint}: IR does not match torch (max abs diff short {p['max_abs_diff_short']:.2e}, "
                 f"long {p['max_abs_diff_long']:.2e}, greedy equal: {p['greedy_equal']}, in openvino.genai: {p['genai_greedy_equal']})"
             )
+        make_names_stable(tmp)
         write_json(tmp / REPORT_FILE, report)
     return report
