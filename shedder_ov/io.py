@@ -69,6 +69,9 @@ def exclusive(folder: str | Path) -> Iterator[None]:
     import fcntl
 
     folder = Path(folder)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the lock, the other ranks write nothing
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as handle:
         try:
