@@ -79,13 +79,28 @@ def checkpoint_family(path: str | Path) -> tuple[type[FamilyAdapter], object]:
     return adapter_class_for(config.model_type, str(path)), config
 
 
+def stored_dtype(path: Path) -> str:
+    """The dtype every floating-point weight of a checkpoint is stored in (a DTYPES key), read from
+    the safetensors headers (config.json's dtype may say float32 for bf16 files); float32 when
+    the weights mix dtypes or are not safetensors."""
+    found = set()
+    for file in path.glob("*.safetensors"):
+        with open(file, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        found |= {v["dtype"] for k, v in header.items() if k != "__metadata__" and v["dtype"].startswith(("F", "BF"))}
+    return {frozenset({"BF16"}): "bfloat16", frozenset({"F16"}): "float16"}.get(frozenset(found), "float32")
+
+
 def load_checkpoint(path: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """Load a model of a supported family from a local folder, converting mamba_ssm format."""
+    """Load a model of a supported family from a local folder, converting mamba_ssm format;
+    dtype "stored" keeps the dtype the weights are stored in (bf16 on disk: half of fp32's memory)."""
     path = Path(path)
     if not path.is_dir():
         raise ShedderError(f"{path}: model folder not found")
     if not (path / "config.json").is_file():
         raise ShedderError(f"{path}: not a checkpoint folder (no config.json)")
+    if dtype == "stored":
+        dtype = stored_dtype(path)
     if is_mamba_ssm_folder(path):
         model = _load_mamba_ssm(path)
     else:

@@ -16,6 +16,7 @@ the same way). A stateless IR runs whole calls on the dynamic compile."""
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -115,9 +116,12 @@ class StatefulIR:
     """Logits for token ids [batch, length], continuing the state of the previous calls."""
 
     def __init__(self, path: str | Path, device: str = "CPU", precision: str = "f32", config: dict | None = None,
-                 piece: int | None = PIECE, specialize: bool = True, last_logits: bool = False):
+                 piece: int | None = PIECE, specialize: bool = True, last_logits: bool = False, one_compile: bool = False):
         """`specialize=False` runs everything on the one dynamic compile, as OVModelForCausalLM does;
-        `last_logits` computes (and returns) only each call's last position."""
+        `last_logits` computes (and returns) only each call's last position; `one_compile` keeps at
+        most one compilation alive (each holds its own copy of the weights, f32 under the f32 hint:
+        at 2.7B parameters, 11 GB each): a call needing another shape drops the current one, its
+        state carried over."""
         import openvino as ov
 
         self.path = Path(path)
@@ -137,14 +141,18 @@ class StatefulIR:
         # KV caches (Zamba2's attention, fused into the CPU plugin's SDPA) are kept at the inference
         # precision, as the recurrent states are (the plugin's default would be f16)
         self.properties = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": precision, **(config or {})}
+        self.one_compile = one_compile
         self.requests: dict = {}
         self.live = None  # the request whose variables hold the current state
+        self.held: dict | None = None  # the state of a dropped compilation, for the next one
         self.past = 0
 
     def request(self, batch: int, length: int):
         """The infer request for this input shape, compiled on first use."""
         key = (batch, length) if self.specialize and length in (1, self.piece) else None
         if key not in self.requests:
+            if self.one_compile and self.requests:
+                self.drop_compiles()
             model = self.model if key is None else with_static_shape(self.model, batch, length)
             try:
                 compiled = self.core.compile_model(model, self.device, self.properties)
@@ -167,15 +175,29 @@ class StatefulIR:
             return [length]
         return [self.piece] * (length // self.piece) + ([length % self.piece] if length % self.piece else [])
 
+    def drop_compiles(self) -> None:
+        """Free every compilation, keeping a copy of the current state for the next call."""
+        if self.live is not None:
+            self.held = {state.name: state.state.data.copy() for state in self.live.query_state()}
+        self.requests.clear()
+        self.live = None
+        gc.collect()
+
     def reset(self) -> None:
         """Zero state: the next call starts a new sequence."""
-        self.live, self.past = None, 0
+        self.live, self.held, self.past = None, None, 0
 
     def _infer(self, ids: np.ndarray):
         request = self.request(*ids.shape)
         if request is not self.live:
             if self.live is None:
                 request.reset_state()
+                if self.held:
+                    from openvino import Tensor
+
+                    for state in request.query_state():
+                        state.state = Tensor(self.held[state.name])
+                self.held = None
             else:
                 current = {state.name: state.state for state in self.live.query_state()}
                 for state in request.query_state():

@@ -18,6 +18,7 @@ from typing import Literal
 from ..errors import ShedderError
 from ..io import atomic_dir, read_json, write_json
 from ..runtime import IR_FILE, read_ir
+from .phases import phase, require_disk
 from .stable_names import make_names_stable
 
 Mode = Literal["int8_sym", "int8_asym", "int4_sym", "int4_asym"]
@@ -115,9 +116,11 @@ def compress_ir(ir_dir: str | Path, out_dir: str | Path, options: CompressOption
         )
     if not options.compress_conv:
         kwargs["ignored_scope"] = nncf.IgnoredScope(types=["GroupConvolution"], validate=False)
+    require_disk("compress", out_dir.parent, (ir_dir / "openvino_model.bin").stat().st_size)  # at most the source's size
     start = time.perf_counter()
     try:
-        compressed = nncf.compress_weights(model, **kwargs)
+        with phase("compress", f"NNCF {options.mode} (the IR's weights read from its memory-mapped .bin)"):
+            compressed = nncf.compress_weights(model, **kwargs)
     except Exception as error:  # NNCF's own refusal, as one line
         if not type(error).__module__.startswith("nncf") and not isinstance(error, (ValueError, RuntimeError)):
             raise
@@ -127,7 +130,8 @@ def compress_ir(ir_dir: str | Path, out_dir: str | Path, options: CompressOption
         for item in ir_dir.iterdir():
             if item.is_file() and item.name not in (IR_FILE, "openvino_model.bin", REPORT_FILE):
                 shutil.copy(item, tmp / item.name)
-        ov.save_model(compressed, tmp / IR_FILE, compress_to_fp16=False)
+        with phase("compress", "save the IR"):
+            ov.save_model(compressed, tmp / IR_FILE, compress_to_fp16=False)
         report = {
             "source": str(ir_dir),
             "options": asdict(options),

@@ -123,4 +123,8 @@ def register() -> None:
             continue
         if model_type not in ov_export_utils.SSM_MODELS:  # stateful SSM handling + OVModelWithMambaForCausalLM
             ov_export_utils.SSM_MODELS.append(model_type)
+        # no torch.jit.trace re-check: it traces the model twice more (at 64 layers, GBs of graph and
+        # minutes); the export's parity check runs the IR itself against torch
+        if model_type not in ov_export_utils.SKIP_CHECK_TRACE_MODELS:  # a tuple
+            ov_export_utils.SKIP_CHECK_TRACE_MODELS += (model_type,)
         register_in_tasks_manager(model_type, *TASKS, library_name="transformers")(ShedderMambaOpenVINOConfig)

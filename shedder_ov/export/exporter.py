@@ -3,10 +3,13 @@ OVModelForCausalLM loads, checked for parity against the torch model it came fro
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import warnings
 from pathlib import Path
+
+import torch
 
 from ..adapters import adapter_for
 from ..checkpoints import load_checkpoint, load_tokenizer, save_remote_code
@@ -14,15 +17,21 @@ from ..errors import ShedderError
 from ..io import atomic_dir, write_json
 from .parity import check_parity
 from .stable_names import make_names_stable
+from .phases import phase, require_disk, require_memory
 
 REPORT_FILE = "shedder_export.json"
+PARITY_OVERHEAD = 2**30  # interpreter, libraries, activations and logits of the 1024-token prompt
 TOKENIZER_IRS = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")  # optimum-cli's names, what openvino.genai reads
 
 log = logging.getLogger(__name__)
 
 
 def export_model(model, out_dir: Path) -> None:
-    """Trace `model` through our registered optimum-intel config into a stateful IR."""
+    """Trace `model` through our registered optimum-intel config into a stateful IR. A model held
+    in bf16 / fp16 is traced as optimum-intel traces one (OpenVINO's 16-bit patch): its linear and
+    embedding weights go into the IR as they are, each behind a Convert to f32 (every op still
+    computes in f32, on the same values an f32 load would hold), its other parameters become f32
+    in place; the IR then takes half the disk and no f32 copy of the weights is ever made."""
     from optimum.exporters.openvino import export_from_model
 
     config = model.config
@@ -31,7 +40,8 @@ def export_model(model, out_dir: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("optimum").setLevel(logging.ERROR)
-        export_from_model(model, out_dir, task="text-generation-with-past", stateful=True)
+        sixteen_bit = any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+        export_from_model(model, out_dir, task="text-generation-with-past", stateful=True, patch_16bit_model=sixteen_bit)
 
 
 def export_tokenizer_irs(tokenizer, out_dir: Path) -> bool:
@@ -52,8 +62,15 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
 
     With `strict`, a parity failure is an error and no IR folder is left behind."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    model = load_checkpoint(checkpoint, "float32", "cpu")
-    adapter = adapter_for(model, str(checkpoint))
+    with phase("export", "load"):
+        model = load_checkpoint(checkpoint, "stored", "cpu")
+    adapter_for(model, str(checkpoint))  # an unsupported family fails here, before anything is written
+    model_type, weights_dtype = model.config.model_type, str(next(model.parameters()).dtype).removeprefix("torch.")
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    require_disk("export", out_dir.parent, stored)  # the IR stores the weights as they are
+    if parity:  # one f32 compile of the IR: its weights as read (mapped) and their f32 copy, measured
+        f32 = sum(p.numel() * 4 for p in model.parameters())
+        require_memory("export", "the parity check (--no-parity skips it)", stored + f32 + PARITY_OVERHEAD)
     try:
         tokenizer = load_tokenizer(checkpoint)
     except ShedderError:
@@ -61,14 +78,18 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
     with atomic_dir(out_dir) as tmp:
         save_remote_code(model.config, tmp)  # stock optimum-intel reads the config with trust_remote_code
         start = time.perf_counter()
-        export_model(model, tmp)
+        with phase("export", "trace, convert and save the IR"):
+            export_model(model, tmp)
         seconds = time.perf_counter() - start
+        del model  # the parity check loads what it needs, when it needs it
+        gc.collect()
         report = {
             "source": str(checkpoint),
-            "model_type": model.config.model_type,
+            "model_type": model_type,
+            "weights_dtype": weights_dtype,
             "export_seconds": round(seconds, 2),
             "tokenizer_irs": tokenizer is not None and export_tokenizer_irs(tokenizer, tmp),
-            "parity": check_parity(tmp, adapter, tokenizer) if parity else None,
+            "parity": check_parity(tmp, checkpoint, tokenizer) if parity else None,
         }
         if strict and report["parity"] and not report["parity"]["ok"]:
             p = report["parity"]

@@ -1,0 +1,94 @@
+"""One progress line per phase of a stage that takes minutes at real sizes (export, parity,
+compress): what ran, for how long, and the process's resident memory now and at its peak, so a
+user sees progress and a 2.7B run shows where its memory goes. Running out of memory or disk
+inside a phase ends with one line naming the stage, the phase and the size it needed."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+import sys
+import time
+from contextlib import contextmanager
+
+from ..errors import ShedderError
+
+GIB = 2**30
+TORCH_OOM = re.compile(r"allocate (\d+) bytes")
+
+
+def resident_bytes() -> int:
+    """Resident set size now (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def peak_bytes() -> int:
+    """Peak resident set size of this process so far (VmHWM; what `/usr/bin/time -v` reports)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def available_bytes() -> int | None:
+    """Memory the kernel could give this process now (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def require_memory(stage: str, what: str, needed: int) -> None:
+    """Refuse, in one line, work that would need more memory than the machine has free now."""
+    free = available_bytes()
+    if free is not None and needed > free:
+        raise ShedderError(f"{stage}: {what} needs ~{needed / GIB:.1f} GiB of memory, {free / GIB:.1f} GiB available")
+
+
+def require_disk(stage: str, folder, needed: int) -> None:
+    """Refuse, in one line, output that would not fit on the disk of `folder`."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ShedderError(f"{stage}: the output needs ~{needed / GIB:.1f} GiB of disk, {free / GIB:.1f} GiB free at {folder}")
+
+
+def report(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def phase(stage: str, name: str):
+    """Time `name`, print one line when it ends; out of memory / disk becomes one ShedderError."""
+    start = time.perf_counter()
+    try:
+        yield
+    except MemoryError as error:
+        needed = f" ({int(error.args[0]) / GIB:.1f} GiB more)" if error.args and str(error.args[0]).isdigit() else ""
+        raise ShedderError(f"{stage}: out of memory in {name}{needed}; resident {resident_bytes() / GIB:.1f} GiB") from None
+    except RuntimeError as error:
+        found = TORCH_OOM.search(str(error))
+        if found is None and "bad_alloc" not in str(error):
+            raise
+        needed = f" (one allocation of {int(found.group(1)) / GIB:.1f} GiB)" if found else ""
+        raise ShedderError(f"{stage}: out of memory in {name}{needed}; resident {resident_bytes() / GIB:.1f} GiB") from None
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise ShedderError(f"{stage}: disk full in {name} ({error.filename or 'output'})") from None
+    report(
+        f"{stage}: {name} {time.perf_counter() - start:.1f} s "
+        f"(resident {resident_bytes() / GIB:.2f} GiB, peak {peak_bytes() / GIB:.2f} GiB)"
+    )
