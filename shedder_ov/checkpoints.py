@@ -57,12 +57,16 @@ def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
         if source is None:
             continue
         source = Path(source)
-        if source.is_file() and source.suffix == ".json":
-            from transformers import PreTrainedTokenizerFast
+        try:
+            if source.is_file() and source.suffix == ".json":
+                from transformers import PreTrainedTokenizerFast
 
-            return PreTrainedTokenizerFast(tokenizer_file=str(source), eos_token="<|endoftext|>")
-        if (source / "tokenizer.json").is_file() or (source / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(source)
+                return PreTrainedTokenizerFast(tokenizer_file=str(source), eos_token="<|endoftext|>")
+            if (source / "tokenizer.json").is_file() or (source / "tokenizer_config.json").is_file():
+                return AutoTokenizer.from_pretrained(source)
+        except Exception as error:  # a damaged tokenizer file raises whatever its parser raises
+            reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+            raise ShedderError(f"{source}: the tokenizer does not load ({reason[:200]})") from None
     raise ShedderError(f"{path}: no tokenizer in the folder (set `tokenizer:` in the recipe to a folder or tokenizer.json)")
 
 
@@ -71,12 +75,22 @@ def checkpoint_family(path: str | Path) -> tuple[type[FamilyAdapter], object]:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ShedderError(f"{path}: not a checkpoint folder (no config.json)")
-    if is_mamba_ssm_folder(path):
+    try:
         data = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ShedderError(f"{path / 'config.json'}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ShedderError(f"{path / 'config.json'}: not a model config (a JSON object with model_type)")
+    if is_mamba_ssm_folder(path):
         model_type = "mamba2" if (data.get("ssm_cfg") or {}).get("layer") == "Mamba2" else "mamba"
         return adapter_class_for(model_type, str(path)), data
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    return adapter_class_for(config.model_type, str(path)), config
+    adapter_class = adapter_class_for(data.get("model_type"), str(path))
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except Exception as error:  # transformers' config validation: the last line says what is wrong
+        reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1:] or [type(error).__name__]
+        raise ShedderError(f"{path / 'config.json'}: not a valid {adapter_class.family} config ({reason[0][:200]})") from None
+    return adapter_class, config
 
 
 def stored_dtype(path: Path) -> str:

@@ -3,6 +3,7 @@ them up and turns bad input (ShedderError) into one line on stderr and exit stat
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -40,15 +41,31 @@ def _commands() -> None:
 
 
 def run_locked(stage: Callable, recipe: Path, **options) -> None:
-    """Run a recipe-driven stage while holding the lock on its output dir."""
+    """Run a recipe-driven stage while holding the lock on its output dir. Bad input leaves no
+    trace: the lock file, and the output dir if this call made it and nothing else is in it, go again."""
     from .recipe import load_recipe
 
     spec = load_recipe(recipe)
-    with exclusive(spec.output):
-        stage(spec, **options)
+    lock = spec.output / ".lock"
+    created = [path for path in (lock, spec.output) if not path.exists()]
+    try:
+        with exclusive(spec.output):
+            stage(spec, **options)
+    except ShedderError:
+        for path in created:
+            with contextlib.suppress(OSError):  # a dir the stage wrote into stays
+                path.rmdir() if path.is_dir() else path.unlink()
+        raise
 
 
 RecipeArg = typer.Argument(..., help="recipe YAML", show_default=False)
+
+
+def require_positive(**options: int | None) -> None:
+    """Counts and sizes given on the command line are at least 1 (one line, not a usage box)."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise ShedderError(f"--{name.replace('_', '-')}: {value} (must be at least 1)")
 
 
 @app.command()
@@ -85,9 +102,18 @@ def bench_search(
     json_out: Path = typer.Option(None, "--json", help="also write the rows as JSON"),
 ) -> None:
     """Time search methods on the recipe's model, calibration data and device; compare decisions."""
-    from .search.benchmark import run_bench
+    from typing import get_args
 
-    run_bench(recipe, [m.strip() for m in methods.split(",") if m.strip()], steps, json_out)
+    from .recipe import SearchMethod, load_recipe
+    from .search.benchmark import run_bench
+    from .validate import check_recipe
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in get_args(SearchMethod)]
+    if unknown or not names:
+        raise ShedderError(f"--methods: {unknown[0] if unknown else 'none given'} (allowed: {', '.join(get_args(SearchMethod))})")
+    check_recipe(load_recipe(recipe))
+    run_bench(recipe, names, steps, json_out)
 
 
 @app.command("eval")
@@ -115,7 +141,12 @@ def eval_(
     from .evaluation.run import evaluate, parse_list
     from .evaluation.zeroshot import PAPER_TASKS
     from .io import write_json
+    from .runtime import ir_file
+    from .validate import check_checkpoint
 
+    require_positive(seq_len=seq_len, ppl_windows=ppl_windows, limit=limit, batch_size=batch_size)
+    if ir_file(model) is None and (model / "config.json").is_file():  # a torch checkpoint: its files, by their headers
+        check_checkpoint(model)
     record = evaluate(model, parse_list(ppl, DATASETS, "--ppl"), parse_list(tasks, PAPER_TASKS, "--tasks"), data_root,
                       seq_len, ppl_windows, limit, device, precision, batch_size, chunk)
     if json_out:
@@ -157,8 +188,9 @@ def bench(
 ) -> None:
     """Prefill latency, TTFT, decode tok/s, compile time, IR size and peak RSS of IRs, side by side."""
     from .bench import format_table, run_bench
-    from .errors import ShedderError
     from .io import write_json
+    from .runtime import ir_file, read_ir
+    from .validate import check_lengths
 
     names = [label.strip() for label in labels.split(",")] if labels else None
     if names and len(names) != len(irs):
@@ -167,6 +199,10 @@ def bench(
         prompt_lengths = tuple(int(n) for n in lengths.split(","))
     except ValueError:
         raise ShedderError(f"--lengths: {lengths!r} is not a comma-separated list of integers") from None
+    require_positive(new_tokens=new_tokens, repeats=repeats, threads=threads, lengths=min(prompt_lengths))
+    for ir in irs:  # a broken IR or a prompt above its limit: one line before any timing
+        read_ir(ir)
+        check_lengths(prompt_lengths, ir_file(ir).parent, "--lengths")
     result = run_bench(irs, names, threads, device=device, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
                        repeats=repeats, precision=precision, profile=profile, specialize=[not dynamic] * len(irs), genai=genai)
     if json_out:
@@ -178,7 +214,6 @@ def bench(
 @one_line_errors
 def report(output_dir: Path = typer.Argument(..., help="a run's output dir", show_default=False)) -> None:
     """Markdown + JSON + PNG study report of whatever the output dir holds (missing parts listed)."""
-    from .errors import ShedderError
     from .report import write_report
 
     if not output_dir.is_dir():
@@ -197,7 +232,9 @@ def export(
     import json
 
     from .export.exporter import export_checkpoint
+    from .validate import check_checkpoint
 
+    check_checkpoint(checkpoint)
     typer.echo(json.dumps(export_checkpoint(checkpoint, out_dir, strict=strict), indent=2))
 
 

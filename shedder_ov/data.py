@@ -33,28 +33,40 @@ def format_alpaca(record: dict) -> str:
     )
 
 
+def read_text(path: Path) -> str:
+    """A file's text; binary or non-UTF-8 content is one line naming the file and the first bad byte."""
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ShedderError(f"{path}: binary file (NUL byte at offset {nul}), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ShedderError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+
+
 def read_documents(path: str | Path, fmt: str, text_field: str = "text") -> list[str]:
     """Return the documents of a data file; a plain text file is one document."""
     path = Path(path)
     if not path.is_file():
         raise ShedderError(f"{path}: data file not found")
     if fmt == "text":
-        documents = [path.read_text(encoding="utf-8")]
+        documents = [read_text(path)]
     elif fmt == "jsonl":
         documents = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 raise ShedderError(f"{path}:{number}: not a JSON line") from None
-            if text_field not in record:
+            if not isinstance(record, dict) or text_field not in record:
                 raise ShedderError(f"{path}:{number}: record has no field {text_field!r} (set text_field)")
             documents.append(str(record[text_field]))
     elif fmt == "alpaca":
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(read_text(path))
         except json.JSONDecodeError:
             raise ShedderError(f"{path}: not a JSON file (Alpaca format is a JSON array of records)") from None
         if not isinstance(records, list) or not all(isinstance(r, dict) and "instruction" in r for r in records):

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .adapters import HEADED, Candidate, adapter_for
-from .checkpoints import checkpoint_family, load_checkpoint, load_tokenizer, read_removal_list, resolve_device, save_remote_code
+from .checkpoints import load_checkpoint, load_tokenizer, read_removal_list, resolve_device, save_remote_code
 from .data import load_windows
 from .errors import ShedderError
 from .io import atomic_dir, atomic_file, read_json, write_json
@@ -186,15 +186,10 @@ def pruned_vs_masked(adapter, pruned, removed: list[Candidate], length: int = 64
 
 
 def check_inputs(recipe: Recipe) -> None:
-    """Fail on a missing input before loading anything, naming the recipe field."""
-    needed = {"model": recipe.model, "tokenizer": recipe.tokenizer, "search.apply": recipe.search.apply}
-    if recipe.search.apply is None:
-        needed["calibration.path"] = recipe.calibration.path
-    for field, path in needed.items():
-        if path is not None and not path.exists():
-            raise ShedderError(f"{field}: {path} not found")
-    adapter_class, config = checkpoint_family(recipe.model)
-    adapter_class.check_search(config, recipe.search)
+    """Every recipe section against the model, every input file by its headers, before loading anything."""
+    from .validate import check_recipe
+
+    check_recipe(recipe)
 
 
 def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict:

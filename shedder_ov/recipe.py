@@ -4,7 +4,7 @@ typo or an impossible value fails before any work starts, naming the offending f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -222,7 +222,9 @@ class ExportSpec(Strict):
 class BenchSpec(Strict):
     """The OpenVINO speed run of prune-and-export: short by default (`shedder-ov bench` for the full one)."""
 
-    lengths: list[int] = Field(default_factory=lambda: [128, 512], min_length=1, description="prefill prompt lengths")
+    lengths: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [128, 512], min_length=1, description="prefill prompt lengths"
+    )
     new_tokens: int = Field(32, gt=0, description="batch-1 decode steps after the first prompt")
     repeats: int = Field(2, gt=0)
     threads: int = Field(2, gt=0)

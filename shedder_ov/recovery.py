@@ -24,6 +24,7 @@ from .pipeline import save_checkpoint
 from .recipe import Recipe, RecoverySpec
 from .search import PerplexityScorer
 from .training import train
+from .validate import check_recovery_inputs
 
 console = Console(stderr=True)
 
@@ -103,6 +104,7 @@ def run_recovery(recipe: Recipe, force: bool = False) -> dict:
     result_path, checkpoint = recovery_dir / "result.json", recovery_dir / "checkpoint.pt"
     if not (pruned_dir / "config.json").is_file():
         raise ShedderError(f"output: {pruned_dir} has no pruned checkpoint; run `shedder-ov prune` with this recipe first")
+    check_recovery_inputs(recipe, pruned_dir)
     seed = recipe.seed if spec.seed is None else spec.seed
     current = fingerprint(recipe, seed)
     _check_output(recipe, current, force)
@@ -118,8 +120,6 @@ def run_recovery(recipe: Recipe, force: bool = False) -> dict:
     model = load_checkpoint(pruned_dir, "float32", str(device))  # fp32 master weights
     tokenizer = load_tokenizer(pruned_dir, recipe.tokenizer)
     adapter = adapter_for(model, str(pruned_dir))
-    if spec.method == "lora":
-        lora_targets(adapter, spec)  # fail on bad targets before any data is read
     train_windows = load_windows(spec.data, tokenizer, seed, seq_len=spec.seq_len)
     held_out = load_windows(spec.held_out, tokenizer, seed, seq_len=spec.seq_len)[: spec.held_out_windows]
     write_json(recovery_dir / "run.json", {"fingerprint": current})

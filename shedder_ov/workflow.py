@@ -15,7 +15,6 @@ import torch
 from rich.console import Console
 
 from .bench import run_bench
-from .errors import ShedderError
 from .evaluation.run import evaluate
 from .evaluation.runtime import open_model
 from .export.compress import REPORT_FILE as COMPRESS_REPORT
@@ -26,6 +25,7 @@ from .export.parity import prompts
 from .io import read_json, write_json
 from .recipe import EvalSpec, ExportSpec, Recipe
 from .report import IR_DIRS, PRECISIONS, write_report
+from .validate import check_eval
 
 console = Console(stderr=True)
 OUTPUTS = (*IR_DIRS.values(), "eval", "bench.json", "summary.json", "report.md", "report.json", "search_path.png", "pareto.png")
@@ -60,20 +60,6 @@ def evaluate_to(target: Path, model: Path, spec: EvalSpec, zeroshot: bool = True
                           spec.windows, spec.limit)
         write_json(target, record)
     return read_json(target)
-
-
-def check_eval_data(spec: EvalSpec) -> None:
-    """Fail before any work when held-out text or a zero-shot task's files are missing."""
-    from .evaluation.ppl import FILES
-    from .evaluation.zeroshot import UNAVAILABLE, task_config
-
-    for name in spec.datasets:
-        path = spec.data_root / FILES[name][0]
-        if not path.is_file():
-            raise ShedderError(f"eval.data_root: {path} (held-out text for {name}) not found")
-    for task in spec.tasks:
-        if task not in UNAVAILABLE:
-            task_config(task, spec.data_root / "eval")
 
 
 def max_logits_diff(ir: Path, reference, ids: torch.Tensor) -> float:
@@ -114,7 +100,7 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
 
     out = recipe.output
     spec, evaluation = recipe.export or ExportSpec(), recipe.eval or EvalSpec()
-    check_eval_data(evaluation)
+    check_eval(evaluation, recipe.model)  # the defaults when the recipe has no eval section
     result = run_prune(recipe, force=force)
     if force:
         for name in OUTPUTS:
