@@ -231,5 +231,6 @@ def check_recovery_inputs(recipe, pruned: Path) -> None:
 
 
 def _first_line(error: BaseException) -> str:
+    """The first sentence of an error's first line: what is wrong, without the advice after it."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__
+    return lines[0].split(". ")[0][:200] if lines else type(error).__name__

@@ -54,6 +54,14 @@ class Case:
         data = path.read_bytes()
         path.write_bytes(data[:keep])
 
+    def as_bin(self) -> None:
+        """The checkpoint's weights as pytorch_model.bin (the older format transformers still loads)."""
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(self.checkpoint / "model.safetensors"), self.checkpoint / "pytorch_model.bin")
+        (self.checkpoint / "model.safetensors").unlink()
+
     def recovery(self, **fields) -> dict:
         return {"data": {"path": str(require(TRAIN_TEXT))}, "held_out": {"path": str(require(EVAL_TEXT))}, **fields}
 
@@ -100,6 +108,7 @@ def assert_refused(case: Case, args: list[str], message: str) -> None:
 
 CKPT = "{tmp}/tiny-mamba2"
 HIDDEN = "the input width of the in-projections int4 compresses"
+SHAPES = f"{CKPT}: config.json does not match the weights: backbone.embeddings.weight is [8192, 64] in the weights, [9000, 64] by the config"
 RECIPE_ROWS = {  # prune, and every recipe-driven command: the whole recipe against the model
     "export.group_size": (
         lambda c: c.recipe(export={"variants": ["int4"], "group_size": 100}),
@@ -149,16 +158,21 @@ RECIPE_ROWS = {  # prune, and every recipe-driven command: the whole recipe agai
         lambda c: c.truncate(keep=1000) or c.recipe(),
         f"{CKPT}/model.safetensors: truncated or corrupt safetensors file (Error while deserializing header: invalid header length)",
     ),
+    "truncated pytorch_model.bin": (
+        lambda c: c.as_bin() or c.truncate("pytorch_model.bin", 100_000) or c.recipe(),
+        f"{CKPT}/pytorch_model.bin: truncated or corrupt PyTorch weights file (PytorchStreamReader failed reading zip "
+        "archive: failed finding central directory)",
+    ),
+    "pytorch_model.bin vs config": (
+        lambda c: c.as_bin() or c.config(vocab_size=9000) or c.recipe(),
+        SHAPES,
+    ),
     "index names a missing shard": (
         lambda c: c.file("tiny-mamba2/model.safetensors.index.json", json.dumps({"weight_map": {"x": "model-2.safetensors"}}))
         and c.recipe(),
         f"{CKPT}/model.safetensors.index.json: names model-2.safetensors, which is missing from the folder",
     ),
-    "config vs weights shape": (
-        lambda c: c.config(vocab_size=9000) or c.recipe(),
-        f"{CKPT}: config.json does not match the weights: backbone.embeddings.weight is [8192, 64] in the weights, "
-        "[9000, 64] by the config",
-    ),
+    "config vs weights shape": (lambda c: c.config(vocab_size=9000) or c.recipe(), SHAPES),
     "config needs a missing layer": (
         lambda c: c.config(num_hidden_layers=5) or c.recipe(),
         f"{CKPT}: config.json needs weight backbone.layers.4.norm.weight [64], which the weights lack",
