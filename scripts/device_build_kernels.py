@@ -84,20 +84,20 @@ def prepare(sdist: Path, work: Path, arch: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--src", type=Path, required=True, help="folder with the two sdists")
+    parser.add_argument("--src", type=Path, required=True, help="folder with the sdists to build (one or both)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arch", default="90")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kbuild"))
     parser.add_argument("--have", type=Path, help="folder of wheels built earlier: skip those packages")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, MAMBA_FORCE_BUILD="TRUE", CAUSAL_CONV1D_FORCE_BUILD="TRUE", MAX_JOBS="8",
-               TORCH_CUDA_ARCH_LIST=f"{args.arch[0]}.{args.arch[1:]}")
+    sdists = {package: next(args.src.glob(f"{package}-*.tar.gz"), None) for package in STUBS}  # a missing sdist: not built
+    todo = [p for p, sdist in sdists.items() if sdist and not (args.have and any(args.have.glob(f"{p}-*.whl")))]
+    env = dict(os.environ, MAMBA_FORCE_BUILD="TRUE", CAUSAL_CONV1D_FORCE_BUILD="TRUE",
+               MAX_JOBS=str(max(1, (os.cpu_count() or 16) // max(1, len(todo)))), TORCH_CUDA_ARCH_LIST=f"{args.arch[0]}.{args.arch[1:]}")
     builds = {}
-    for package in STUBS:
-        if args.have and any(args.have.glob(f"{package}-*.whl")):
-            continue
-        root = prepare(next(args.src.glob(f"{package}-*.tar.gz")), args.work, args.arch)
+    for package in todo:
+        root = prepare(sdists[package], args.work, args.arch)
         log = open(args.out / f"build-{root.name}.log", "w")
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(args.out), str(root)]
         builds[root.name] = (subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log, time.time())

@@ -22,6 +22,7 @@ from .errors import ShedderError
 from .io import atomic_dir, atomic_file, read_json, write_json
 from .recipe import EXACT_METHODS, Recipe
 from .search import GreedySearch, PerplexityScorer, SearchLog, Stage
+from .search.distributed import Ranks, bytes_digest, settings_digest, tensors_digest
 
 console = Console(stderr=True)
 
@@ -193,18 +194,29 @@ def check_inputs(recipe: Recipe) -> None:
 
 
 def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict:
+    """Under torchrun every rank loads the model and data and runs the search (search/distributed.py);
+    rank 0 alone checks and writes the output dir, and returns the result (the others: their rows)."""
     out = recipe.output
     result_path, pruned_dir = out / "search" / "result.json", out / "pruned"
     check_inputs(recipe)
-    _check_output(recipe, force, resume)
-    if result_path.exists() and (pruned_dir / "config.json").exists() and read_json(result_path).get("fingerprint") == fingerprint(recipe):
-        result = read_json(result_path)
-        console.print(f"prune: already done ({result_path}); --force redoes it")
-        console.print(summary_table(result))
+    ranks = Ranks.from_env(resolve_device(recipe.device))
+    lead = ranks.rank == 0
+
+    def finished() -> dict | None:
+        _check_output(recipe, force, resume)
+        if result_path.exists() and (pruned_dir / "config.json").exists() and read_json(result_path).get("fingerprint") == fingerprint(recipe):
+            return read_json(result_path)
+        return None
+
+    result = ranks.first(finished)
+    if result is not None:
+        if lead:
+            console.print(f"prune: already done ({result_path}); --force redoes it")
+            console.print(summary_table(result))
         return result
 
     torch.manual_seed(recipe.seed)
-    device = resolve_device(recipe.device)
+    device = ranks.device
     tokenizer = load_tokenizer(recipe.model, recipe.tokenizer)
     if recipe.search.apply is None:  # data problems surface before the model is loaded
         windows = load_windows(recipe.calibration, tokenizer, recipe.seed)
@@ -213,7 +225,8 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
     stored_before_unshare = adapter.num_params()
     if recipe.search.unshare:
         adapter = adapter.unshared()
-        console.print(f"unshare: every invocation owns its block now, {stored_before_unshare:,} → {adapter.num_params():,} parameters stored")
+        if lead:
+            console.print(f"unshare: every invocation owns its block now, {stored_before_unshare:,} → {adapter.num_params():,} parameters stored")
     original_params, original_unshared = adapter.num_params(), adapter.num_params_unshared()
 
     if recipe.search.apply is not None:
@@ -224,20 +237,35 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         ]
         ppl_original, search_info = None, {"method": "apply", "source": str(recipe.search.apply)}
     else:
+        paths_and_later_stages = {k: True for k in ("model", "tokenizer", "output", "device", "recovery", "export", "eval")}
+        settings = recipe.model_dump(mode="json", exclude={**paths_and_later_stages, "calibration": {"path"}})
+        settings["search"].pop("apply")
+        ranks.check_same(lambda: {
+            "model": tensors_digest(adapter.model.state_dict().items()), "calibration.path": bytes_digest(windows),
+            "recipe": settings_digest(settings),
+        })  # fmt: skip
+        exact = recipe.search.method != "naive"
         scorer = PerplexityScorer(
-            adapter, windows, recipe.calibration.batch_size, device, reuse_prefix=recipe.search.method != "naive"
+            adapter, windows, recipe.calibration.batch_size, device, exact, sharing=ranks.sharing, agree=ranks.strictest
         )
+        plan = scorer.plan
+        if lead:
+            console.print(plan.describe() + (f"; {ranks.describe()}" if ranks.world > 1 else ""))
         stages = search_stages(recipe, adapter, scorer)
-        log = SearchLog(out / "search" / "log.jsonl")
+        log = SearchLog(out / "search" / "log.jsonl") if lead else None
+        records = ranks.same(log.records if lead else None)  # a resumed run: rank 0's log on every rank
+        log = log if lead else SearchLog.replica(records)
         search = GreedySearch(
             adapter,
             scorer,
             stages,
             log,
+            show_progress=lead,
             method=recipe.search.method,
             halving_keep=recipe.search.halving_keep,
             shortlist=recipe.search.shortlist,
             seed=recipe.seed,
+            ranks=ranks,
         )
         if log.header() is None:  # only once the stop rule is known to be feasible
             log.append({"type": "run", "fingerprint": fingerprint(recipe), "candidates": [c.name for s in stages for c in s.candidates]})
@@ -250,8 +278,13 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
             "evaluations": found.evaluations,
             "evaluated_in_this_run": found.evaluated_now,
             "seconds": round(found.seconds, 2),
+            "memory": plan.describe(),
+            "ranks": ranks.world,
         }
+    if not lead:  # the other ranks only searched
+        return {"removed": rows, "ppl_original": ppl_original, "rank": ranks.rank}
 
+    console.print(f"removal: {len(removed)} components from {recipe.model} → {pruned_dir}")
     pruned = adapter.pruned_model(removed)
     pruned_params = sum(p.numel() for p in pruned.parameters())
     if original_params - pruned_params != adapter.removed_params(removed):

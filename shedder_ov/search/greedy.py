@@ -21,6 +21,7 @@ PPL of its removal, so every method gives the same PPL-vs-removed rows."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from ..adapters import HEADED, Candidate, FamilyAdapter
 from ..errors import ShedderError
 from ..recipe import StopRule
 from .baselines import BASELINES
+from .distributed import Ranks
 from .log import SearchLog
 from .scorer import PerplexityScorer
 
@@ -86,8 +88,10 @@ class GreedySearch:
         halving_keep: float = 0.25,
         shortlist: int = 8,
         seed: int = 42,
+        ranks: Ranks | None = None,
     ):
         self.adapter, self.scorer, self.stages, self.log = adapter, scorer, stages, log
+        self.ranks = ranks or Ranks(scorer.batches[0].device)
         self.show_progress = show_progress
         self.method, self.halving_keep, self.shortlist, self.seed = method, halving_keep, shortlist, seed
         self._order: list[Candidate] | None = None
@@ -139,20 +143,23 @@ class GreedySearch:
         if key in known:
             return known[key]
         started = time.perf_counter()
-        ppl = self.scorer.perplexity() if candidate is None else self.scorer.perplexities([candidate])[0]
+        ppl = self.ranks.same(self.scorer.perplexity() if candidate is None else self.scorer.perplexities([candidate])[0])
         self._append(step, [candidate], [ppl], time.perf_counter() - started, None, result)
         return ppl
 
     def _evaluate_many(self, step: int, candidates: list[Candidate], known: dict, result: SearchResult, batches=None) -> list[float]:
-        """PPLs of candidates (each masked alone) on the first `batches` batches; logged per group."""
+        """PPLs of candidates (each masked alone) on the first `batches` batches; logged per round
+        (one group of candidates on each rank)."""
         if batches is not None:
             known = known.setdefault(("batches", batches), {})
         result.evaluations += len(candidates)
         todo = [c for c in candidates if (step, c.name) not in known]
-        for first in range(0, len(todo), self.scorer.group_size):
-            group = todo[first : first + self.scorer.group_size]
+        per_round = self.scorer.group_size * self.ranks.world
+        for first in range(0, len(todo), per_round):
+            group = todo[first : first + per_round]
             started = time.perf_counter()
-            scores = self.scorer.perplexities(group, batches=batches)
+            score = functools.partial(self.scorer.perplexities, batches=batches)
+            scores = self.ranks.gather(group, score, [self.scorer.cost(c) for c in group])
             self._append(step, group, scores, time.perf_counter() - started, batches, result)
             known.update({(step, c.name): ppl for c, ppl in zip(group, scores)})
             self._advance(len(group))
@@ -180,7 +187,8 @@ class GreedySearch:
         if self.method == "ranked":
             return self._choose_ranked(step, remaining, known, result)
         if self._order is None:
-            self._order = BASELINES[self.method](self.scorer, stage.candidates, self.seed)
+            order = BASELINES[self.method](self.scorer, stage.candidates, self.seed)
+            self._order = [Candidate.parse(name) for name in self.ranks.same([c.name for c in order])]
             if not any(r.get("type") == "order" and r.get("step", 1) == step for r in self.log.records):
                 self.log.append({"type": "order", "method": self.method, "step": step, "order": [c.name for c in self._order]})
         best = next(c for c in self._order if c in remaining)
@@ -225,7 +233,7 @@ class GreedySearch:
                 changed = Candidate.parse(result.removed[-1]["candidate"]).layer
                 carried = {c.name: previous["scores"][c.name] for c in remaining if c.layer < changed}
             todo = [c for c in remaining if c.name not in carried]
-            scores = {**carried, **dict(zip((c.name for c in todo), self.scorer.perturbations(todo)))}
+            scores = {**carried, **dict(zip((c.name for c in todo), self.ranks.gather(todo, self.scorer.perturbations)))}
             logged = {
                 "type": "ranking", "step": step, "scores": {c.name: scores[c.name] for c in remaining},
                 "scored": len(todo), "seconds": round(time.perf_counter() - started, 4),

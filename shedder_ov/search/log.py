@@ -1,7 +1,8 @@
 """Append-only JSONL log of every evaluation, the basis of resume-after-kill.
 
 Each line is flushed and fsync'ed as it is written; a torn last line (killed mid-write) is
-ignored on reading. Replaying the log gives back every finished evaluation."""
+ignored on reading. Replaying the log gives back every finished evaluation. In a distributed
+search the other ranks keep a replica: rank 0's records, appended to in memory only."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 class SearchLog:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path: Path | None = Path(path)
         self.records: list[dict] = []
         if self.path.exists():
             lines = self.path.read_text().splitlines()
@@ -23,6 +24,13 @@ class SearchLog:
                     break  # torn tail of a killed write
             self._rewrite_clean(len(self.records) != len(lines))
 
+    @classmethod
+    def replica(cls, records: list[dict]) -> "SearchLog":
+        """A log that holds `records` and appends in memory, writing nothing."""
+        log = cls.__new__(cls)
+        log.path, log.records = None, list(records)
+        return log
+
     def _rewrite_clean(self, torn: bool) -> None:
         if torn:
             tmp = self.path.with_suffix(".tmp")
@@ -30,11 +38,12 @@ class SearchLog:
             os.replace(tmp, self.path)
 
     def append(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
         self.records.append(record)
 
     def header(self) -> dict | None:

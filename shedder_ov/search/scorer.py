@@ -14,15 +14,13 @@ candidates only adds copies and memory traffic (3x slower on mamba1-tiny, 2 core
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..adapters import Candidate, FamilyAdapter
-
-# activations one layer forward holds per element of the residual stream (in_proj, conv, scan)
-_LAYER_WORKSPACE = 16
+from .budget import MemoryPlan, plan_memory
 
 
 class PerplexityScorer:
@@ -33,20 +31,23 @@ class PerplexityScorer:
         batch_size: int,
         device: torch.device,
         reuse_prefix: bool = True,
-        cache_budget_bytes: int = 2 << 30,
+        cache_budget_bytes: int | None = None,
         group_budget_bytes: int | None = None,
+        sharing: int = 1,
+        agree: Callable[[MemoryPlan], MemoryPlan] | None = None,
     ):
+        """The scorer sizes itself to the device's free memory (budget.py), shared by `sharing`
+        ranks, the plan made common to all ranks by `agree`; explicit budgets replace the
+        measured memory for the cache or the stacking."""
         self.adapter = adapter
-        self.batches = [b.to(device) for b in windows.split(batch_size)]
-        self.reuse_prefix = reuse_prefix
-        hidden = adapter.stream_width
-        bytes_per_layer = windows.numel() * hidden * 4
-        self.stride = max(1, math.ceil(adapter.num_layers * bytes_per_layer / cache_budget_bytes))
-        if group_budget_bytes is None:
-            device = torch.device(device)
-            group_budget_bytes = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else 0
-        per_candidate = batch_size * windows.shape[1] * hidden * 4 * _LAYER_WORKSPACE
-        self.group_size = max(1, group_budget_bytes // per_candidate) if reuse_prefix else 1
+        plan = plan_memory(
+            adapter, windows, batch_size, device, reuse_prefix, sharing, cache_budget_bytes, group_budget_bytes, self._nll
+        )
+        self.plan = agree(plan) if agree else plan
+        self.batches = [b.to(device) for b in windows.split(self.plan.batch_size)]
+        self.reuse_prefix = self.plan.stride is not None
+        self.stride = self.plan.stride or adapter.num_layers
+        self.group_size = self.plan.group_size
         self._cache: dict[int, list[torch.Tensor]] = {}
 
     def tokens(self, batches: int | None = None) -> int:
@@ -74,6 +75,10 @@ class PerplexityScorer:
 
     def _entry(self, layer: int) -> int:
         return (layer // self.stride) * self.stride
+
+    def cost(self, candidate: Candidate) -> int:
+        """Layers a candidate's PPL runs, the head counted as one: what balances the ranks."""
+        return self.adapter.num_layers - (self._entry(candidate.layer) if self.reuse_prefix else 0) + 1
 
     @torch.no_grad()
     def perplexity(self, from_layer: int = 0, batches: int | None = None) -> float:
