@@ -126,6 +126,7 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
             [ir for _, ir in rows], [label for label, _ in rows], bench.threads,
             prompt_lengths=tuple(bench.lengths), new_tokens=bench.new_tokens, repeats=bench.repeats))
 
+    console.print("report: summary, tables and plots")
     summary_path = out / "summary.json"
     if not (summary_path.is_file() and set(read_json(summary_path)["variants"]) == set(irs["pruned"])):
         write_json(summary_path, summarize(out, sources["pruned"], result, irs["pruned"], evaluation))
