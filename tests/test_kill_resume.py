@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from shedder_ov.export.compress import compress_ir, CompressOptions
+from shedder_ov.cli import app
+from shedder_ov.export.compress import CompressOptions, compress_ir
 from shedder_ov.export.exporter import export_checkpoint
 from shedder_ov.recipe import parse_recipe
 from shedder_ov.workflow import run_prune_and_export
@@ -93,8 +95,10 @@ def digests(out: Path) -> dict[str, str]:
 
 def test_export_and_compress_are_byte_identical(tmp_path, tiny_checkpoint):
     folder = tiny_checkpoint("mamba2")
+    exported = CliRunner().invoke(app, ["export", str(folder), str(tmp_path / "a" / "fp32"), "--no-parity"])
+    assert exported.exit_code == 0 and json.loads((tmp_path / "a" / "fp32" / "shedder_export.json").read_text())["parity"] is None
+    export_checkpoint(folder, tmp_path / "b" / "fp32", parity=False)
     for run in ("a", "b"):
-        export_checkpoint(folder, tmp_path / run / "fp32", parity=False)
         compress_ir(tmp_path / run / "fp32", tmp_path / run / "int4", CompressOptions(mode="int4_asym"))
     assert digests(tmp_path / "a") == digests(tmp_path / "b") and len(digests(tmp_path / "a")) == 12
 
