@@ -5,9 +5,10 @@ Sized from what is free when the search starts (torch.cuda.mem_get_info plus wha
 unused on a GPU, available RAM on CPU), shared equally by the ranks on that device, less a safety
 margin, and from what one window costs: on a GPU measured (the peak of one forward of a couple of
 windows, layer by layer and for the head: kernels, fallbacks and families differ), on CPU estimated; so that the defaults suit a 24 GiB laptop and a 141 GiB H200 alike. The cache takes up to
-three quarters of what is left after one candidate's working set (a stride of 2-4 costs a
+half of what is left after one candidate's working set (a stride of 2-4 costs a
 candidate only 0.5-1.5 extra layers, no cache costs half the model); stacking candidates takes
-the rest (on CPU one candidate runs at a time: its matmuls already fill the cores)."""
+the rest, up to 64k tokens a forward (enough to fill an H200; on CPU one candidate runs at a
+time: its matmuls already fill the cores)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ _HEAD_BYTES = 12  # CPU estimate: per logit beyond the model dtype (the float lo
 MEASURED_MARGIN = 1.25  # on a GPU's measured working set: allocator rounding, a stack's concatenation
 GPU_MARGIN, GPU_RESERVE = 0.10, 1 << 30  # allocator fragmentation, cuBLAS / Triton workspaces
 CPU_SHARE = 0.5  # of available RAM: the host runs other work too
-CACHE_SHARE = 0.75
+CACHE_SHARE = 0.5  # 0.75 ran out of memory on the H200 at 2.7B × 256 × 2048 (docs/distributed.md)
 PROBE_ROWS = 2
+SATURATING_ROWS = 1 << 16  # tokens one stacked forward needs to fill a GPU; more stacking only costs memory
 GiB = float(1 << 30)
 
 
@@ -79,6 +81,13 @@ def cached_streams(num_layers: int, stride: int) -> int:
 
 
 @torch.no_grad()
+def stream_element_size(adapter: FamilyAdapter, ids: torch.Tensor) -> int:
+    """Bytes per element of the stream between layers: not always the weights' dtype (Mamba-2
+    keeps its residual in f32 by default, twice a bf16 model's)."""
+    return adapter.layer_forward(0, adapter.embed(ids)).element_size()
+
+
+@torch.no_grad()
 def measured_rows(adapter: FamilyAdapter, ids: torch.Tensor, loss: Callable) -> tuple[float, float]:
     """CUDA: peak bytes per window, beyond its input, of the widest layer forward and of the head
     with `loss`, measured on `ids` (a couple of windows; also warms the kernels up)."""
@@ -112,7 +121,7 @@ def plan_memory(
     memory for the cache or the stacking."""
     device = torch.device(device)
     count, length = windows.shape
-    element = next(adapter.model.parameters()).element_size()
+    element = stream_element_size(adapter, windows[:1].to(device))
     hidden, layers = adapter.stream_width, adapter.num_layers
     row = length * hidden * element  # one window's stream
     stream = count * row
@@ -141,7 +150,8 @@ def plan_memory(
     if stride is not None and group_budget_bytes is not None:
         group = max(1, group_budget_bytes // candidate(batch))
     elif stride is not None and device.type == "cuda":
-        group = max(1, (usable - cache - head) // candidate(batch))
+        saturating = max(1, SATURATING_ROWS // (batch * length))
+        group = max(1, min(saturating, (usable - cache - head) // candidate(batch)))
     return MemoryPlan(
         device=str(device), free_bytes=free, sharing=sharing, stride=stride, group_size=int(group), batch_size=batch,
         windows=(count, length), stream_bytes=stream, candidate_bytes=candidate(batch),
