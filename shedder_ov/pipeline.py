@@ -285,7 +285,6 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         return {"removed": rows, "ppl_original": ppl_original, "rank": ranks.rank}
 
     console.print(f"removal: {len(removed)} components from {recipe.model} → {pruned_dir}")
-    console.print(f"removal: {len(removed)} components from {recipe.model} → {pruned_dir}")
     pruned = adapter.pruned_model(removed)
     pruned_params = sum(p.numel() for p in pruned.parameters())
     if original_params - pruned_params != adapter.removed_params(removed):
