@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -21,7 +22,7 @@ from .data import load_windows
 from .errors import ShedderError
 from .io import atomic_dir, atomic_file, read_json, write_json
 from .recipe import EXACT_METHODS, Recipe
-from .search import GreedySearch, PerplexityScorer, SearchLog, Stage
+from .search import GreedySearch, PerplexityScorer, SearchLog, Stage, check_feasible
 from .search.distributed import Ranks, bytes_digest, settings_digest, tensors_digest
 
 console = Console(stderr=True)
@@ -125,14 +126,15 @@ def _removal_from_list(recipe: Recipe, adapter) -> list[Candidate]:
     return removed
 
 
-def search_stages(recipe: Recipe, adapter, scorer: PerplexityScorer) -> list[Stage]:
-    """The recipe's stages as candidate lists; a channel stage ranks its MLPs' channels when it starts."""
+def search_stages(recipe: Recipe, adapter, batches: Callable[[], list[torch.Tensor]]) -> list[Stage]:
+    """The recipe's stages as candidate lists; a channel stage ranks its MLPs' channels on the
+    scorer's `batches()` when it starts."""
     stages = []
     for spec in recipe.search.staged:
         setup = None
         if "mlp_channels" in spec.targets:
             adapter.set_channel_groups(spec.group_size)
-            setup = partial(adapter.rank_channels, spec.channel_order, scorer.batches)
+            setup = partial(lambda order: adapter.rank_channels(order, batches()), spec.channel_order)
         stages.append(Stage(adapter.candidates(spec.targets), spec.stop, setup))
     return stages
 
@@ -244,6 +246,8 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
             "model": tensors_digest(adapter.model.state_dict().items()), "calibration.path": bytes_digest(windows),
             "recipe": settings_digest(settings),
         })  # fmt: skip
+        stages = search_stages(recipe, adapter, lambda: scorer.batches)
+        check_feasible(adapter, stages)  # before the scorer sizes its memory on a first forward
         exact = recipe.search.method != "naive"
         scorer = PerplexityScorer(
             adapter, windows, recipe.calibration.batch_size, device, exact, sharing=ranks.sharing, agree=ranks.strictest
@@ -251,7 +255,6 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
         plan = scorer.plan
         if lead:
             console.print(plan.describe() + (f"; {ranks.describe()}" if ranks.world > 1 else ""))
-        stages = search_stages(recipe, adapter, scorer)
         log = SearchLog(out / "search" / "log.jsonl") if lead else None
         records = ranks.same(log.records if lead else None)  # a resumed run: rank 0's log on every rank
         log = log if lead else SearchLog.replica(records)

@@ -21,6 +21,19 @@ from ..modeling import PRUNED_CLASSES, auto_map
 from .components import REPEATABLE, Candidate
 
 
+def model_holding(model_class: type[nn.Module], config, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """The model of `config` with `state` as its weights, in `dtype`, built without a randomly
+    initialised full-size copy first (parameters on the meta device, then assigned): at 2.8B that
+    copy was the peak of physical removal."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = model_class(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    return model.to(dtype).eval()
+
+
 def count_params(module: nn.Module | None) -> int:
     """Parameters of a module, tied tensors counted once."""
     return 0 if module is None else sum(p.numel() for p in module.parameters())
@@ -371,9 +384,4 @@ class MambaFamilyAdapter(FamilyAdapter):
             for name, tensor in tensors.items():
                 state[f"backbone.layers.{keep.index(old)}.mixer.{name}"] = tensor.detach().clone()
 
-        dtype = next(self.model.parameters()).dtype
-        pruned = model_class(config).to(dtype)
-        pruned.load_state_dict(state, strict=True)
-        pruned.tie_weights()
-        pruned.eval()
-        return pruned
+        return model_holding(model_class, config, state, next(self.model.parameters()).dtype)

@@ -31,7 +31,7 @@ from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer, appl
 
 from ..errors import ShedderError
 from ..modeling import ShedderFalconH1Config, ShedderFalconH1ForCausalLM, auto_map
-from .base import FamilyAdapter, count_params
+from .base import FamilyAdapter, count_params, model_holding
 from .channels import MlpChannels, check_group_size
 from .components import Candidate
 from .mamba2 import HeadViews, group_heads, head_view, kept_head_tensors, split_projection, ssd_scan, ssm_less_tensors
@@ -300,7 +300,7 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
     @torch.no_grad()
     def pruned_model(self, removed: list[Candidate]) -> nn.Module:
         config, layers = self._plan(removed)
-        state = {k: v for k, v in self.model.state_dict().items() if not _LAYER_KEY.match(k)}
+        state = {k: v.clone() for k, v in self.model.state_dict().items() if not _LAYER_KEY.match(k)}
         for new, entry in enumerate(layers):
             part, spec = self.layers[entry["source"]], entry["spec"]
             tensors = {}
@@ -323,9 +323,7 @@ class FalconH1Adapter(MlpChannels, FamilyAdapter):
         model_class = _model_class(config)
         if model_class is FalconH1ForCausalLM:  # stock: mup_vector is a buffer rebuilt from the config
             state = {k: v for k, v in state.items() if not k.endswith(".mup_vector")}
-        pruned = model_class(config).to(next(self.model.parameters()).dtype)
-        pruned.load_state_dict(state, strict=True)
-        pruned.tie_weights()
+        pruned = model_holding(model_class, config, state, next(self.model.parameters()).dtype)
         pruned.generation_config = copy.deepcopy(self.model.generation_config)
         return pruned.eval()
 

@@ -36,7 +36,7 @@ from transformers.models.granitemoehybrid.modeling_granitemoehybrid import Grani
 from ..errors import ShedderError
 from ..modeling import GraniteMoeHybridMambaLayerWithoutSSM, ShedderGraniteMoeHybridConfig, ShedderGraniteMoeHybridForCausalLM, auto_map
 from ..modeling.modeling_shedder_granitemoehybrid import layer_config
-from .base import FamilyAdapter, count_params, view_module
+from .base import FamilyAdapter, count_params, model_holding, view_module
 from .channels import check_group_size
 from .components import Candidate
 from .falcon_h1 import FalconH1Adapter, _prefixed
@@ -252,7 +252,7 @@ class GraniteMoeHybridAdapter(FalconH1Adapter):
     @torch.no_grad()
     def pruned_model(self, removed: list[Candidate]) -> nn.Module:
         config, layers = self._plan(removed)
-        state = {k: v for k, v in self.model.state_dict().items() if not _LAYER_KEY.match(k)}
+        state = {k: v.clone() for k, v in self.model.state_dict().items() if not _LAYER_KEY.match(k)}
         for new, entry in enumerate(layers):
             part, spec = self.layers[entry["source"]], entry["spec"]
             tensors = {}
@@ -274,9 +274,7 @@ class GraniteMoeHybridAdapter(FalconH1Adapter):
                 for name in ("input_linear.weight", "output_linear.weight", "router.layer.weight"):
                     tensors[f"block_sparse_moe.{name}"] = moe.get_parameter(name)[experts]
             state.update({f"model.layers.{new}.{k}": v.clone() for k, v in tensors.items()})
-        pruned = _model_class(config)(config).to(next(self.model.parameters()).dtype)
-        pruned.load_state_dict(state, strict=True)
-        pruned.tie_weights()
+        pruned = model_holding(_model_class(config), config, state, next(self.model.parameters()).dtype)
         pruned.generation_config = copy.deepcopy(self.model.generation_config)
         return pruned.eval()
 

@@ -34,7 +34,7 @@ from transformers.models.zamba2.modeling_zamba2 import apply_rotary_pos_emb
 
 from ..errors import ShedderError
 from ..modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM, Zamba2MixerWithoutSSM, auto_map
-from .base import FamilyAdapter, count_params, view_module
+from .base import FamilyAdapter, count_params, model_holding, view_module
 from .channels import MlpChannels, check_group_size
 from .components import Candidate
 from .mamba2 import ssd_mixer_forward, ssm_less_tensors
@@ -365,10 +365,7 @@ class Zamba2Adapter(MlpChannels, FamilyAdapter):
             if specs[old]["mamba"] and not specs[old]["ssm"] and self.has_ssm(old):
                 for name, tensor in ssm_less_tensors(self.layers[old].mamba).items():
                     state[f"model.layers.{keep.index(old)}.mamba.{name}"] = tensor.clone()
-        dtype = next(self.model.parameters()).dtype
-        pruned = ShedderZamba2ForCausalLM(config).to(dtype)
-        pruned.load_state_dict(state, strict=True)
-        pruned.tie_weights()
+        pruned = model_holding(ShedderZamba2ForCausalLM, config, state, next(self.model.parameters()).dtype)
         pruned.generation_config = copy.deepcopy(self.model.generation_config)
         return pruned.eval()
 
@@ -385,7 +382,7 @@ class Zamba2Adapter(MlpChannels, FamilyAdapter):
             config.block_specs.append({"attention": spec["attention"], "mlp": spec["mlp"], "mlp_width": width})
             spec["block"] = n
         config.invocation_adapters = False
-        state = {k: v for k, v in self.model.state_dict().items() if not _BLOCK_KEY.match(k) and not _is_adapter(k)}
+        state = {k: v.clone() for k, v in self.model.state_dict().items() if not _BLOCK_KEY.match(k) and not _is_adapter(k)}
         for n, i in enumerate(invocations):
             part, block = self.layers[i], self.blocks[self.layers[i].block]
             for name, tensor in block.state_dict().items():
@@ -399,9 +396,7 @@ class Zamba2Adapter(MlpChannels, FamilyAdapter):
                     block.feed_forward.gate_up_proj, part.gate_up_adapter
                 )
         state = {k: v for k, v in state.items() if _block_keeps_key(config, k)}
-        model = ShedderZamba2ForCausalLM(config).to(next(self.model.parameters()).dtype)
-        model.load_state_dict(state, strict=True)
-        model.tie_weights()
+        model = model_holding(ShedderZamba2ForCausalLM, config, state, next(self.model.parameters()).dtype)
         model.generation_config = copy.deepcopy(self.model.generation_config)
         return Zamba2Adapter(model.eval())
 

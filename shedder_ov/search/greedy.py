@@ -76,6 +76,30 @@ def most_removable(adapter: FamilyAdapter, candidates: list[Candidate]) -> list[
     return removed
 
 
+def check_feasible(adapter: FamilyAdapter, stages: list[Stage]) -> None:
+    """Refuse a stop rule that no search over these stages can reach, before anything is scored."""
+    original = adapter.num_params()
+    for index, stage in enumerate(stages):
+        stop = stage.stop
+        where = "search.stop" if len(stages) == 1 else f"search.stages.{index}.stop"
+        if stop.num_components is not None:
+            limit = len(most_removable(adapter, stage.candidates))
+            if stop.num_components > limit:
+                raise ShedderError(
+                    f"{where}.num_components: {stop.num_components} requested, at most {limit} removals of the "
+                    f"{len(stage.candidates)} candidates are possible"
+                )
+        if stop.param_reduction_pct is not None:
+            reachable = [c for earlier in stages[: index + 1] for c in earlier.candidates]
+            most = adapter.removed_params(most_removable(adapter, reachable)) / original * 100
+            if stop.param_reduction_pct > most:
+                kinds = sorted({c.kind for c in reachable})
+                raise ShedderError(
+                    f"{where}.param_reduction_pct: {stop.param_reduction_pct}% is impossible with targets "
+                    f"{kinds}: at most {most:.1f}% of the parameters are removable"
+                )
+
+
 class GreedySearch:
     def __init__(
         self,
@@ -96,31 +120,7 @@ class GreedySearch:
         self.method, self.halving_keep, self.shortlist, self.seed = method, halving_keep, shortlist, seed
         self._order: list[Candidate] | None = None
         self.original_params = adapter.num_params()
-        for index in range(len(stages)):
-            self._check_feasible(index)
-
-    def _where(self, index: int) -> str:
-        return "search.stop" if len(self.stages) == 1 else f"search.stages.{index}.stop"
-
-    def _check_feasible(self, index: int) -> None:
-        stage, adapter = self.stages[index], self.adapter
-        stop, where = stage.stop, self._where(index)
-        if stop.num_components is not None:
-            limit = len(most_removable(adapter, stage.candidates))
-            if stop.num_components > limit:
-                raise ShedderError(
-                    f"{where}.num_components: {stop.num_components} requested, at most {limit} removals of the "
-                    f"{len(stage.candidates)} candidates are possible"
-                )
-        if stop.param_reduction_pct is not None:
-            reachable = [c for earlier in self.stages[: index + 1] for c in earlier.candidates]
-            most = adapter.removed_params(most_removable(adapter, reachable)) / self.original_params * 100
-            if stop.param_reduction_pct > most:
-                kinds = sorted({c.kind for c in reachable})
-                raise ShedderError(
-                    f"{where}.param_reduction_pct: {stop.param_reduction_pct}% is impossible with targets "
-                    f"{kinds}: at most {most:.1f}% of the parameters are removable"
-                )
+        check_feasible(adapter, stages)
 
     def _remaining(self, stage: Stage, removed: list[Candidate]) -> list[Candidate]:
         return [c for c in stage.candidates if self.adapter.available(c, removed)]
