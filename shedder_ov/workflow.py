@@ -102,6 +102,8 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
     spec, evaluation = recipe.export or ExportSpec(), recipe.eval or EvalSpec()
     check_eval(evaluation, recipe.model)  # the defaults when the recipe has no eval section
     result = run_prune(recipe, force=force)
+    if "rank" in result:  # under torchrun the other ranks only searched: rank 0 goes on alone
+        return result
     if force:
         for name in OUTPUTS:
             path = out / name
