@@ -51,6 +51,10 @@ def is_mamba_ssm_folder(path: Path) -> bool:
     return "d_model" in data and "n_layer" in data
 
 
+def has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+
+
 def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
     """The tokenizer of a checkpoint folder (or the fallback folder/tokenizer.json)."""
     for source in (path, fallback):
@@ -62,7 +66,7 @@ def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
                 from transformers import PreTrainedTokenizerFast
 
                 return PreTrainedTokenizerFast(tokenizer_file=str(source), eos_token="<|endoftext|>")
-            if (source / "tokenizer.json").is_file() or (source / "tokenizer_config.json").is_file():
+            if has_tokenizer(source):
                 return AutoTokenizer.from_pretrained(source)
         except Exception as error:  # a damaged tokenizer file raises whatever its parser raises
             reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -47,7 +47,8 @@ def read_ir(path: str | Path):
     try:
         return ov.Core().read_model(xml)
     except RuntimeError as error:
-        raise ShedderError(f"{path}: corrupted IR ({str(error).splitlines()[0][:200]})") from None
+        reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1]  # OpenVINO's own words come last
+        raise ShedderError(f"{path}: corrupted IR ({reason[:200]})") from None
 
 
 def ir_feeds(input_names: set[str], ids: np.ndarray, past: int = 0, full_mask: bool = False) -> dict[str, np.ndarray]:

@@ -286,6 +286,10 @@ CHECKPOINT_ROWS = {  # export and eval of a torch checkpoint: its files, by thei
     "truncated safetensors": (lambda c: _checkpoint(c, Case.truncate), RECIPE_ROWS["truncated safetensors"][1]),
     "config vs weights shape": (lambda c: _checkpoint(c, lambda c: c.config(vocab_size=9000)), RECIPE_ROWS["config vs weights shape"][1]),
     "config inconsistent": (lambda c: _checkpoint(c, lambda c: c.config(hidden_size=96)), RECIPE_ROWS["config inconsistent"][1]),
+    "tokenizer broken": (
+        lambda c: _checkpoint(c, lambda c: c.file("tiny-mamba2/tokenizer.json", '{"version": ')),
+        RECIPE_ROWS["tokenizer broken"][1],
+    ),
     "unsupported": (
         lambda c: _checkpoint(c, lambda c: c.config(model_type="jamba")),
         f"{CKPT}: unsupported architecture model_type='jamba' (supported: {', '.join(supported_model_types())})",
@@ -299,11 +303,12 @@ def test_export(case, row):
     assert_refused(case, ["export", make(case), str(case.tmp / "ir-out")], message)
 
 
-OV_READ = "corrupted IR (Exception from src/inference/src/cpp/core.cpp:84:)"
+OV_XML = "corrupted IR (Error parsing element attribute at offset 501)"  # OpenVINO's words for the file cut at 500 bytes
+OV_BIN = "corrupted IR (Incorrect weights in bin file!)"
 COMPRESS_ROWS = {
     "not an IR": (lambda c: [str(c.checkpoint)], f"{CKPT}: not an OpenVINO IR folder (no openvino_model.xml + .bin)"),
-    "xml cut": (lambda c: [c.broken_ir("xml")], f"{{tmp}}/broken: {OV_READ}"),
-    "bin cut": (lambda c: [c.broken_ir("bin")], f"{{tmp}}/broken: {OV_READ}"),
+    "xml cut": (lambda c: [c.broken_ir("xml")], f"{{tmp}}/broken: {OV_XML}"),
+    "bin cut": (lambda c: [c.broken_ir("bin")], f"{{tmp}}/broken: {OV_BIN}"),
     "mode": (lambda c: [str(c.ir()), "--mode", "int5"], "--mode: unknown compression mode 'int5' (allowed: int8_sym, int8_asym, int4_sym, int4_asym)"),
     "group size": (
         lambda c: [str(c.ir()), "--mode", "int4_sym", "--group-size", "48"],
@@ -329,7 +334,7 @@ EVAL_ROWS = {
     **{name: (lambda c, make=make: [make(c)], message) for name, (make, message) in CHECKPOINT_ROWS.items() if name != "unsupported"},
     "missing": (lambda c: [str(c.tmp / "nope")], "{tmp}/nope: not found"),
     "neither": (lambda c: [str(c.tmp)], "{tmp}: neither a checkpoint folder (config.json) nor an OpenVINO IR (openvino_model.xml)"),
-    "IR xml cut": (lambda c: [c.broken_ir("xml")], f"{{tmp}}/broken/openvino_model.xml: {OV_READ}"),
+    "IR xml cut": (lambda c: [c.broken_ir("xml")], f"{{tmp}}/broken/openvino_model.xml: {OV_XML}"),
     "ppl dataset": (
         lambda c: [str(c.checkpoint), "--ppl", "c4"],
         "--ppl: unknown c4 (allowed: tinystories, wikitext2, alpaca, or none)",
@@ -351,7 +356,7 @@ def test_eval(case, row):
 
 BENCH_ROWS = {
     "not an IR": (lambda c: [str(c.checkpoint)], f"{CKPT}: not an OpenVINO IR folder (no openvino_model.xml + .bin)"),
-    "bin cut": (lambda c: [c.broken_ir("bin")], f"{{tmp}}/broken: {OV_READ}"),
+    "bin cut": (lambda c: [c.broken_ir("bin")], f"{{tmp}}/broken: {OV_BIN}"),
     "labels": (lambda c: [str(c.ir()), "--labels", "a,b"], "--labels: 2 labels for 1 IRs"),
     "lengths not ints": (lambda c: [str(c.ir()), "--lengths", "128,long"], "--lengths: '128,long' is not a comma-separated list of integers"),
     "length 0": (lambda c: [str(c.ir()), "--lengths", "0,16"], "--lengths: 0 (must be at least 1)"),

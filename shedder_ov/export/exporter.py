@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import adapter_for
-from ..checkpoints import load_checkpoint, load_tokenizer, save_remote_code
+from ..checkpoints import has_tokenizer, load_checkpoint, load_tokenizer, save_remote_code
 from ..errors import ShedderError
 from ..io import atomic_dir, write_json
 from .parity import check_parity
@@ -62,6 +62,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
 
     With `strict`, a parity failure is an error and no IR folder is left behind."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    tokenizer = load_tokenizer(checkpoint) if has_tokenizer(checkpoint) else None  # none is allowed, a broken one is an error
     with phase("export", "load"):
         model = load_checkpoint(checkpoint, "stored", "cpu")
     adapter_for(model, str(checkpoint))  # an unsupported family fails here, before anything is written
@@ -71,10 +72,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
     if parity:  # one f32 compile of the IR: its weights as read (mapped) and their f32 copy, measured
         f32 = sum(p.numel() * 4 for p in model.parameters())
         require_memory("export", "the parity check (--no-parity skips it)", stored + f32 + PARITY_OVERHEAD)
-    try:
-        tokenizer = load_tokenizer(checkpoint)
-    except ShedderError:
-        tokenizer = None
     with atomic_dir(out_dir) as tmp:
         save_remote_code(model.config, tmp)  # stock optimum-intel reads the config with trust_remote_code
         start = time.perf_counter()
