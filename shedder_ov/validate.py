@@ -49,34 +49,14 @@ def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def empty_model(config) -> nn.Module:
-    """The model load_checkpoint builds for `config`, on the meta device: names and shapes only."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        if config.model_type == "zamba2":  # stock Zamba2 loads converted into our class
-            from .modeling.modeling_shedder_zamba2 import ShedderZamba2ForCausalLM
-            from .modeling.zamba2_convert import shedder_config
-
-            return ShedderZamba2ForCausalLM(shedder_config(config))
-        return AutoModelForCausalLM.from_config(config)
-
-
-def _model_names(config, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Stored names as the built model calls them (stock Zamba2 weights are renamed on load)."""
-    if config.model_type != "zamba2":
-        return shapes
-    from .modeling.zamba2_convert import our_key, shedder_config
-
-    ours = shedder_config(config)
-    return {our_key(ours, name) or name: shape for name, shape in shapes.items()}
-
-
 def check_shapes(folder: Path, config, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
     """config.json against the stored weights: the first tensor whose shape differs, that the
     config needs and the weights lack, or that the weights hold and the config has no place for."""
-    model = empty_model(config)
-    stored = _model_names(config, shapes)
+    from .adapters import adapter_class_for
+
+    family = adapter_class_for(config.model_type, str(folder))
+    model = family.empty_model(config)
+    stored = family.stored_names(config, shapes)
     aliases: dict[int, list[str]] = {}  # tied weights: one stored copy serves every name
     for name, parameter in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(parameter), []).append(name)

@@ -93,6 +93,19 @@ class FamilyAdapter(ABC):
             raise ShedderError(f"{where}: {', '.join(unknown)} not in a {cls.family} model (it has: {', '.join(cls.targets)})")
 
     @classmethod
+    def empty_model(cls, config) -> nn.Module:
+        """The model load_checkpoint builds for `config`, on the meta device: names and shapes only."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+
+    @classmethod
+    def stored_names(cls, config, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """The stored weights' shapes under the names the built model gives them."""
+        return shapes
+
+    @classmethod
     def check_search(cls, config, search) -> None:
         """Refuse, from the config alone (no weights loaded), a search this model cannot run."""
         if search.unshare:

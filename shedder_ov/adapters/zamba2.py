@@ -69,6 +69,26 @@ class Zamba2Adapter(MlpChannels, FamilyAdapter):
         self._ssm_less_views: dict[int, nn.Module] = {}
 
     @classmethod
+    def empty_model(cls, config) -> nn.Module:
+        """Stock Zamba2 loads converted into our class."""
+        if config.model_type != "zamba2":
+            return super().empty_model(config)
+        from ..modeling.zamba2_convert import shedder_config
+
+        with torch.device("meta"):
+            return ShedderZamba2ForCausalLM(shedder_config(config))
+
+    @classmethod
+    def stored_names(cls, config, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Stock Zamba2 weights are renamed on load."""
+        if config.model_type != "zamba2":
+            return shapes
+        from ..modeling.zamba2_convert import our_key, shedder_config
+
+        ours = shedder_config(config)
+        return {our_key(ours, name) or name: shape for name, shape in shapes.items()}
+
+    @classmethod
     def load_pretrained(cls, path, dtype):
         from transformers import AutoConfig
 
