@@ -1,7 +1,12 @@
 """Pick the runtime defaults by measurement: one IR under every INFERENCE_PRECISION_HINT ×
-INFERENCE_NUM_THREADS combination (one stream, batch 1), back to back.
+INFERENCE_NUM_THREADS × DYNAMIC_QUANTIZATION_GROUP_SIZE combination (one stream, batch 1), back
+to back; the CPU's lscpu model name and flags recorded with them.
 
     python scripts/bench_defaults.py IR_DIR OUT.json [--precisions f32,bf16] [--threads 1,2]
+        [--dq-group-sizes default,0,32,128]
+
+The group size is the CPU plugin's dynamic quantization of activations for int8/int4 weights
+(0: off, weights decompressed instead; "default": the plugin's own choice).
 
 The CPU plugin stores the conv/SSM states at the inference precision (its runtime model shows
 bf16 MemoryInput/MemoryOutput under the bf16 hint), so the precision rows are also the state
@@ -13,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from shedder_ov.bench import run_bench
+from shedder_ov.cpu import cpu_facts
 from shedder_ov.io import write_json
 
 
@@ -24,22 +30,26 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--lengths", default="512")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--dq-group-sizes", default="default")
     args = parser.parse_args()
     lengths = tuple(int(n) for n in args.lengths.split(","))
     rows = []
     for precision in args.precisions.split(","):
         for threads in (int(n) for n in args.threads.split(",")):
-            result = run_bench([args.ir], [f"{precision} {threads}t"], threads, prompt_lengths=lengths,
-                               new_tokens=args.new_tokens, repeats=1, precision=precision)
-            row = result["rows"][0]
-            rows.append({"precision": precision, "threads": threads, "bandwidth_gbs": result["bandwidth_gbs"],
-                         "prefill_ms": {n: row["prefill_ms"][n]["median"] for n in lengths},
-                         "decode_tok_s": row["decode"]["tok_s"]["median"],
-                         "bandwidth_fraction": row["decode"]["bandwidth_fraction"]})
-            r = rows[-1]
-            print(f"{precision:>5} {threads}t: prefill {r['prefill_ms']} ms, decode {r['decode_tok_s']:.1f} tok/s, "
-                  f"{100 * r['bandwidth_fraction']:.0f}% of {r['bandwidth_gbs']:.1f} GB/s", flush=True)
-    write_json(args.out, {"ir": str(args.ir), "rows": rows})
+            for group in args.dq_group_sizes.split(","):
+                extra = {} if group == "default" else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": int(group)}
+                result = run_bench([args.ir], [f"{precision} {threads}t dq {group}"], threads, prompt_lengths=lengths,
+                                   new_tokens=args.new_tokens, repeats=1, precision=precision, ov_config=extra)
+                row = result["rows"][0]
+                rows.append({"precision": precision, "threads": threads, "dq_group_size": group,
+                             "bandwidth_gbs": result["bandwidth_gbs"],
+                             "prefill_ms": {n: row["prefill_ms"][n]["median"] for n in lengths},
+                             "decode_tok_s": row["decode"]["tok_s"]["median"],
+                             "bandwidth_fraction": row["decode"]["bandwidth_fraction"]})
+                r = rows[-1]
+                print(f"{precision:>5} {threads}t dq {group}: prefill {r['prefill_ms']} ms, decode {r['decode_tok_s']:.1f} "
+                      f"tok/s, {100 * r['bandwidth_fraction']:.0f}% of {r['bandwidth_gbs']:.1f} GB/s", flush=True)
+    write_json(args.out, {"ir": str(args.ir), "cpu": cpu_facts(), "rows": rows})
 
 
 if __name__ == "__main__":

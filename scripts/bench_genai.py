@@ -16,6 +16,7 @@ from bench_random import SHAPES, build, variant
 
 from shedder_ov.bench import format_table, run_bench
 from shedder_ov.checkpoints import load_tokenizer
+from shedder_ov.cpu import runtime_defaults
 from shedder_ov.export.exporter import export_model, export_tokenizer_irs
 from shedder_ov.io import write_json
 
@@ -55,8 +56,9 @@ if __name__ == "__main__":
     parser.add_argument("--lengths", default="512", help="prefill prompt lengths; the first is also the decode prompt")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", default="f32", help="INFERENCE_PRECISION_HINT of both runtimes")
+    parser.add_argument("--threads", type=int, default=None, help="default: this CPU's (shedder_ov/cpu.py)")
+    parser.add_argument("--precision", default=None, help="INFERENCE_PRECISION_HINT of both runtimes (default: this CPU's)")
     args = parser.parse_args()
-    main(args.shape, args.out, tuple(int(n) for n in args.lengths.split(",")), args.new_tokens, args.repeats, args.threads,
-         args.precision)
+    defaults = runtime_defaults()
+    main(args.shape, args.out, tuple(int(n) for n in args.lengths.split(",")), args.new_tokens, args.repeats,
+         args.threads or defaults.resolved_threads(), args.precision or defaults.precision)
