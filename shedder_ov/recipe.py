@@ -227,7 +227,10 @@ class BenchSpec(Strict):
     )
     new_tokens: int = Field(32, gt=0, description="batch-1 decode steps after the first prompt")
     repeats: int = Field(2, gt=0)
-    threads: int = Field(2, gt=0)
+    threads: int | None = Field(None, gt=0, description="null: this CPU's default (shedder_ov/cpu.py)")
+    llama_cpp: Path | None = Field(None, description="a llama.cpp build folder (`python scripts/bench_vs_llamacpp.py "
+                                   "--build-only --llama-cpp DIR` makes one): the report then sets every variant "
+                                   "against llama.cpp's Q8_0 / Q4_0 of the same checkpoint")
 
 
 class EvalSpec(Strict):

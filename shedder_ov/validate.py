@@ -162,6 +162,13 @@ def check_eval(spec, model_folder: Path) -> None:
     check_lengths([spec.seq_len], model_folder, "eval.seq_len")
     if spec.bench:
         check_lengths(spec.bench.lengths, model_folder, "eval.bench.lengths")
+        if spec.bench.llama_cpp:
+            from .llamacpp import LlamaCpp
+
+            try:
+                LlamaCpp.at(spec.bench.llama_cpp)
+            except ShedderError as error:
+                raise ShedderError(f"eval.bench.llama_cpp: {error}") from None
 
 
 def check_lengths(lengths, folder: Path, where: str) -> None:

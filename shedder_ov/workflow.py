@@ -15,6 +15,8 @@ import torch
 from rich.console import Console
 
 from .bench import run_bench
+from .cpu import runtime_defaults
+from .errors import ShedderError
 from .evaluation.run import evaluate
 from .evaluation.runtime import open_model
 from .export.compress import REPORT_FILE as COMPRESS_REPORT
@@ -28,7 +30,8 @@ from .report import IR_DIRS, PRECISIONS, write_report
 from .validate import check_eval
 
 console = Console(stderr=True)
-OUTPUTS = (*IR_DIRS.values(), "eval", "bench.json", "summary.json", "report.md", "report.json", "search_path.png", "pareto.png")
+LLAMA_CPP_BENCH = "bench-llamacpp.json"
+OUTPUTS = (*IR_DIRS.values(), "eval", "bench.json", LLAMA_CPP_BENCH, "gguf", "summary.json", "report.md", "report.json", "search_path.png", "pareto.png")
 
 
 def _compress_options(spec: ExportSpec, precision: str) -> CompressOptions:
@@ -57,7 +60,7 @@ def evaluate_to(target: Path, model: Path, spec: EvalSpec, zeroshot: bool = True
     if not target.is_file():
         console.print(f"eval: {model} → {target}")
         record = evaluate(model, spec.datasets, spec.tasks if zeroshot else [], spec.data_root, spec.seq_len,
-                          spec.windows, spec.limit)
+                          spec.windows, spec.limit, precision=runtime_defaults().precision)
         write_json(target, record)
     return read_json(target)
 
@@ -95,6 +98,26 @@ def summarize(out: Path, source: Path, result: dict, irs: dict[str, Path], spec:
     }
 
 
+def bench_llamacpp(out: Path, sources: dict[str, Path], bench) -> None:
+    """llama.cpp's speed on each variant's checkpoint at Q8_0 / Q4_0 (the report's "vs llama.cpp");
+    a checkpoint llama.cpp cannot convert (our pruned model types) is a row saying why."""
+    from .llamacpp import LlamaCpp
+
+    llama = LlamaCpp.at(bench.llama_cpp)
+    rows: dict = {}
+    for variant, checkpoint in sources.items():
+        console.print(f"bench: llama.cpp on {variant} ({checkpoint})")
+        try:
+            files = llama.to_gguf(checkpoint, out / "gguf" / variant)
+        except ShedderError as error:
+            rows[variant] = {"skipped": str(error)}
+            continue
+        for tag, gguf in files.items():
+            rows[f"{variant} {tag}"] = llama.bench(gguf, bench.threads or runtime_defaults().resolved_threads(),
+                                                   bench.repeats, tuple(bench.lengths), bench.new_tokens)
+    write_json(out / LLAMA_CPP_BENCH, {"rows": rows})
+
+
 def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
     from .pipeline import run_prune
 
@@ -121,12 +144,14 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
             evaluate_to(out / "eval" / f"{variant}-{precision}.json", ir, evaluation)
 
     if evaluation.bench and not (out / "bench.json").is_file():
-        bench = evaluation.bench
+        bench, defaults = evaluation.bench, runtime_defaults()
         rows = [(f"{v} {p}", ir) for v, by_precision in irs.items() for p, ir in by_precision.items()]
         console.print(f"bench: {len(rows)} IRs, prefill {bench.lengths}, {bench.new_tokens} new tokens")
         write_json(out / "bench.json", run_bench(
-            [ir for _, ir in rows], [label for label, _ in rows], bench.threads,
-            prompt_lengths=tuple(bench.lengths), new_tokens=bench.new_tokens, repeats=bench.repeats))
+            [ir for _, ir in rows], [label for label, _ in rows], bench.threads or defaults.resolved_threads(),
+            precision=defaults.precision, prompt_lengths=tuple(bench.lengths), new_tokens=bench.new_tokens, repeats=bench.repeats))
+    if evaluation.bench and evaluation.bench.llama_cpp and not (out / LLAMA_CPP_BENCH).is_file():
+        bench_llamacpp(out, sources, evaluation.bench)
 
     console.print("report: summary, tables and plots")
     summary_path = out / "summary.json"

@@ -145,6 +145,11 @@ RECIPE_ROWS = {  # prune, and every recipe-driven command: the whole recipe agai
         lambda c: c.recipe(eval={"bench": {"lengths": [128, 4096]}}),
         "eval.bench.lengths: 4096 is above the model's limit of 2048 tokens",
     ),
+    "llama.cpp build missing": (
+        lambda c: c.recipe(eval={"bench": {"llama_cpp": str(c.tmp / "nollama")}}),
+        "eval.bench.llama_cpp: llama.cpp: {tmp}/nollama/build/bin/llama-bench not found (build it: python "
+        "scripts/bench_vs_llamacpp.py --build-only --llama-cpp {tmp}/nollama)",
+    ),
     "search target": (
         lambda c: c.recipe(search={"targets": ["mlp"], "stop": {"num_components": 1}}),
         "search.targets: mlp not in a mamba2 model (it has: layer, mamba_block, ssm, ssm_heads)",
@@ -225,7 +230,7 @@ def test_prune(case, row):
 
 
 PRUNE_AND_EXPORT_ROWS = ["export.group_size", "lora target", "eval data", "truncated safetensors", "config needs a missing layer",
-                         "calibration not UTF-8", "bench length above the limit"]
+                         "calibration not UTF-8", "bench length above the limit", "llama.cpp build missing"]
 
 
 @pytest.mark.parametrize("row", PRUNE_AND_EXPORT_ROWS)

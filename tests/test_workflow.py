@@ -34,6 +34,8 @@ def test_prune_and_export_writes_the_study_report(tmp_path, tiny_checkpoint):
     assert rows[("pruned", "fp32")]["params"] < rows[("original", "fp32")]["params"]
     assert (out / "search_path.png").stat().st_size and (out / "pareto.png").stat().st_size
     assert "| original | fp32 |" in (out / "report.md").read_text()
+    bench = json.loads((out / "bench.json").read_text())  # the CPU and the defaults it picked are on record
+    assert bench["cpu"]["model_name"] and bench["cpu_defaults"]["precision"] == bench["precision"]
 
     (out / "eval" / "original-int8.json").unlink()  # a finished stage is skipped; only the missing one reruns
     before = {name: (out / name).stat().st_mtime_ns for name in ("eval/pruned-int8.json", "bench.json", "ov/int8/openvino_model.bin")}
