@@ -6,11 +6,13 @@ Reads whatever the stages left there and never fails on a partial run: a missing
   pruned/, recovered/ (or recovery/)             checkpoints
   ov/<fp32|int8|int4>/, ov-original/<..>/, ov-recovered/<..>/   IRs (pruned, original, recovered)
   eval/<variant>-<precision>.json                `shedder-ov eval --json`
-  bench.json                                     `shedder-ov bench --json` (labels "<variant> <precision>")"""
+  bench.json                                     `shedder-ov bench --json` (labels "<variant> <precision>")
+  bench-llamacpp.json                            llama.cpp on the same checkpoints (`eval.bench.llama_cpp`)"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .io import atomic_file, write_json
@@ -49,6 +51,7 @@ def collect(out: Path) -> dict:
     result = _read(out / "search" / "result.json")
     bench = _read(out / "bench.json") or {}
     bench_rows = {row["label"]: row for row in bench.get("rows", [])}
+    llama_rows = (_read(out / "bench-llamacpp.json") or {}).get("rows", {})
     checkpoints = _checkpoints(out, result)
     params = (result or {}).get("params", {})
     rows, missing = [], []
@@ -62,14 +65,17 @@ def collect(out: Path) -> dict:
             ir = out / IR_DIRS[variant] / precision
             evaluation = _read(out / "eval" / f"{variant}-{precision}.json") or {}
             timing = bench_rows.get(f"{variant} {precision}") or {}
+            zeroshot = evaluation.get("zeroshot") or {}
             row = {
                 "variant": variant, "precision": precision,
                 "params": _variant_params(params, variant),
                 "ir_mb": _ir_mb(ir),
                 "ppl": {k: v["ppl"] for k, v in evaluation.get("ppl", {}).items()} or None,
-                "avg_acc": (evaluation.get("zeroshot") or {}).get("average"),
+                "avg_acc": zeroshot.get("average"), "acc_stderr": zeroshot.get("average_stderr"),
+                "acc_chance": zeroshot.get("average_chance"), "at_chance": zeroshot.get("at_chance"),
                 "prefill_ms": {n: v["median"] for n, v in timing.get("prefill_ms", {}).items()} or None,
                 "decode_tok_s": ((timing.get("decode") or {}).get("tok_s") or {}).get("median"),
+                "llama_cpp": llama_rows.get(f"{variant} {precision}") or llama_rows.get(variant),
             }
             if row["ir_mb"] is None:
                 missing.append(f"{variant} {precision}: IR {ir} (run `shedder-ov prune-and-export` / `compress`)")
@@ -128,23 +134,66 @@ def plot_search(out: Path, result: dict | None, target: Path) -> Path | None:
     return target
 
 
+def quality(row: dict) -> tuple[str, float] | None:
+    """The held-out PPL a row is plotted by (its first data set): unlike zero-shot accuracy on
+    small models, which sits at chance, it tells the variants apart."""
+    return next(iter(row["ppl"].items())) if row["ppl"] else None
+
+
 def plot_pareto(rows: list[dict], target: Path) -> Path | None:
-    """Average zero-shot accuracy vs decode speed of every variant that has both."""
-    points = [r for r in rows if r["avg_acc"] is not None and r["decode_tok_s"]]
+    """Held-out PPL against decode speed and against IR size, every variant that has them."""
+    points = [r for r in rows if quality(r) and r["decode_tok_s"] and r["ir_mb"]]
     if not points:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for row in points:
-        axis.scatter(row["decode_tok_s"], 100 * row["avg_acc"])
-        axis.annotate(f"{row['variant']} {row['precision']}", (row["decode_tok_s"], 100 * row["avg_acc"]), fontsize=8)
-    axis.set(xlabel="decode tokens/s (batch 1)", ylabel="avg zero-shot acc (%)", title="accuracy vs speed")
+    dataset = quality(points[0])[0]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, (key, label) in zip(axes, (("decode_tok_s", "decode tokens/s (batch 1)"), ("ir_mb", "IR size (MB)"))):
+        for row in points:
+            axis.scatter(row[key], quality(row)[1])
+            axis.annotate(f"{row['variant']} {row['precision']}", (row[key], quality(row)[1]), fontsize=8)
+        axis.set(xlabel=label, ylabel=f"{dataset} PPL (lower is better)", yscale="log")
+    axes[0].set_title("quality vs speed")
+    axes[1].set_title("quality vs size")
     figure.tight_layout()
     save_figure(figure, target)
     return target
+
+
+def accuracy_cell(row: dict, base: dict | None) -> str:
+    """Average zero-shot accuracy ± its standard error; "chance" where it does not clear the
+    chance level by two standard errors, "≈" where it is within noise of the original fp32."""
+    if row["avg_acc"] is None:
+        return "–"
+    cell = f"{100 * row['avg_acc']:.1f}"
+    if row.get("acc_stderr") is None:
+        return cell
+    cell += f" ±{100 * row['acc_stderr']:.1f}"
+    if row["at_chance"]:
+        cell += f" (chance {100 * row['acc_chance']:.1f})"
+    if base and base is not row and base.get("acc_stderr") is not None:
+        if abs(row["avg_acc"] - base["avg_acc"]) < 2 * math.hypot(row["acc_stderr"], base["acc_stderr"]):
+            cell += " ≈"
+    return cell
+
+
+def versus_llamacpp(row: dict, lengths: list) -> str:
+    """Our speed over llama.cpp's at the same weight precision (Q8_0 for int8, Q4_0 for int4) on
+    the same checkpoint: prefill at the first prompt length, decode; or why there is none."""
+    llama = row["llama_cpp"]
+    if not llama or row["precision"] == "fp32":
+        return "–"
+    if "skipped" in llama:
+        return "no GGUF: " + llama["skipped"].split(" (")[0].removeprefix("llama.cpp: ")
+    if not (row["prefill_ms"] and row["decode_tok_s"]):
+        return "–"
+    length = lengths[0]
+    prefill = llama["prefill_tok_s"].get(str(length), llama["prefill_tok_s"].get(length))
+    ours = int(length) / (row["prefill_ms"][length] / 1e3)
+    return f"{ours / prefill:.2f}× / {row['decode_tok_s'] / llama['decode_tok_s']:.2f}×"
 
 
 def write_report(output_dir: str | Path) -> Path:
@@ -165,17 +214,30 @@ def write_report(output_dir: str | Path) -> Path:
     lengths = sorted({n for r in data["rows"] for n in (r["prefill_ms"] or {})}, key=int)
     head = ["variant", "precision", "params", "IR MB", "PPL", "avg acc"] + [f"prefill {n} ms" for n in lengths] + [
         "decode tok/s", "speedup vs original fp32"]
+    with_llama = any(r["llama_cpp"] for r in data["rows"])
+    if with_llama:
+        head += ["vs llama.cpp (prefill / decode)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = next((r for r in data["rows"] if r["variant"] == "original" and r["precision"] == "fp32"), None)
     for r in data["rows"]:
         ppl = ", ".join(f"{k} {v:.2f}" for k, v in r["ppl"].items()) if r["ppl"] else "–"
         cells = [r["variant"], r["precision"], _fmt(r["params"], ","), _fmt(r["ir_mb"], ".1f"), ppl,
-                 _fmt(None if r["avg_acc"] is None else 100 * r["avg_acc"], ".1f")]
+                 accuracy_cell(r, base)]
         cells += [_fmt((r["prefill_ms"] or {}).get(n), ".1f") for n in lengths]
         cells += [_fmt(r["decode_tok_s"], ".1f"), _fmt(r["decode_speedup"], ".2f") + ("×" if r["decode_speedup"] else "")]
+        if with_llama:
+            cells.append(versus_llamacpp(r, lengths))
         lines.append("| " + " | ".join(cells) + " |")
     if data["bench"]:
         b = data["bench"]
         lines += ["", f"Speed: OpenVINO {b['openvino']}, {b['threads']} threads, copy bandwidth {_fmt(b['bandwidth_gbs'], '.1f')} GB/s."]
+    if with_llama:
+        lines += ["", "vs llama.cpp: our tok/s over llama.cpp's (llama-bench, same threads) on the same checkpoint, "
+                  "int8 against Q8_0 and int4 against Q4_0."]
+    if any(r.get("acc_stderr") is not None for r in data["rows"]):
+        lines += ["", "avg acc: mean of the zero-shot tasks' paper metrics ± its binomial standard error at the "
+                  "item count used; \"chance\": within two standard errors of a uniform guess (no signal); "
+                  "\"≈\": within two standard errors of the original fp32."]
     lines += [""] + [f"![{name}]({file})" for name, file in data["plots"].items()]
     if data["missing"]:
         lines += ["", "## Missing", ""] + [f"- {m}" for m in data["missing"]]

@@ -68,7 +68,8 @@ def test_zeroshot_scores_a_few_items(checkpoint_and_ir):
     piqa = result["tasks"]["piqa"]
     assert piqa["n"] == 4 and piqa["metric"] == "acc_norm" and 0.0 <= piqa["value"] <= 1.0
     assert "not available locally" in result["tasks"]["hellaswag"]["skipped"]
-    assert result["average"] == piqa["value"]
+    assert result["average"] == piqa["value"] and piqa["chance"] == result["average_chance"] == 0.5
+    assert result["at_chance"] == (piqa["value"] - 0.5 < 2 * piqa["stderr"])
 
 
 def test_lm_eval_cli_scores_our_ir_as_we_do(checkpoint_and_ir, tmp_path):
@@ -131,9 +132,19 @@ def test_report_from_partial_synthetic_output(tmp_path):
         (tmp_path / "eval").mkdir(exist_ok=True)
         (tmp_path / "eval" / f"{variant}-fp32.json").write_text(json.dumps(
             {"ppl": {"tinystories": {"ppl": 20.0}}, "zeroshot": {"average": 0.4 if variant == "original" else 0.38}}))
-    rows = [{"label": f"{v} fp32", "prefill_ms": {"128": {"median": 5.0}}, "decode": {"tok_s": {"median": t}}}
-            for v, t in (("original", 100.0), ("pruned", 130.0))]
+    (tmp_path / "ov" / "int8").mkdir()
+    for suffix in ("xml", "bin"):
+        (tmp_path / "ov" / "int8" / f"openvino_model.{suffix}").write_bytes(b"0" * 500)
+    (tmp_path / "eval" / "pruned-int8.json").write_text(json.dumps({"ppl": {"tinystories": {"ppl": 21.0}}, "zeroshot": {
+        "average": 0.27, "average_stderr": 0.03, "average_chance": 0.26, "at_chance": True}}))
+    (tmp_path / "eval" / "original-fp32.json").write_text(json.dumps({"ppl": {"tinystories": {"ppl": 20.0}}, "zeroshot": {
+        "average": 0.30, "average_stderr": 0.03, "average_chance": 0.26, "at_chance": True}}))
+    rows = [{"label": f"{v}", "prefill_ms": {"128": {"median": 5.0}}, "decode": {"tok_s": {"median": t}}}
+            for v, t in (("original fp32", 100.0), ("pruned fp32", 130.0), ("pruned int8", 150.0))]
     (tmp_path / "bench.json").write_text(json.dumps({"openvino": "x", "threads": 2, "bandwidth_gbs": 10.0, "rows": rows}))
+    (tmp_path / "bench-llamacpp.json").write_text(json.dumps({"rows": {
+        "original": {"skipped": "llama.cpp: convert m failed (Model ShedderMamba is not supported)"},
+        "pruned int8": {"prefill_tok_s": {"128": 12800.0}, "decode_tok_s": 100.0}}}))
 
     report = write_report(tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
@@ -141,4 +152,9 @@ def test_report_from_partial_synthetic_output(tmp_path):
     assert pruned["decode_speedup"] == pytest.approx(1.3)
     assert (tmp_path / "search_path.png").stat().st_size and (tmp_path / "pareto.png").stat().st_size
     text = report.read_text()
-    assert "1.30×" in text and "## Missing" in text and "pruned int8: IR" in text
+    assert "1.30×" in text and "## Missing" in text and "pruned int4: IR" in text
+    line = next(l for l in text.splitlines() if l.startswith("| pruned | int8"))
+    # 27% ± 3 within two standard errors of the 26% chance level and of the original's 30% ± 3;
+    # prefill 128 tokens in 5 ms = 25,600 tok/s = 2x llama.cpp's 12,800; decode 150 vs 100 tok/s
+    assert "27.0 ±3.0 (chance 26.0) ≈" in line and "2.00× / 1.50×" in line
+    assert "no GGUF: convert m failed" in next(l for l in text.splitlines() if l.startswith("| original | int8"))

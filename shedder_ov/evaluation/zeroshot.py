@@ -7,8 +7,10 @@ batch of windows" interface as PPL, so torch checkpoints and IRs are scored iden
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import statistics
 from pathlib import Path
 from typing import get_args
 
@@ -148,10 +150,36 @@ def make_lm(model: LogitsModel, batch_size: int = 8, max_length: int = 2048):
     return ShedderLM()
 
 
+def chance_level(task, limit: int | None) -> float:
+    """Accuracy of a uniform guess over the items scored (0 where a task has no choices to guess
+    among, e.g. LAMBADA's next word): an accuracy near it carries no signal."""
+    if task.OUTPUT_TYPE != "multiple_choice":
+        return 0.0
+    docs = list(task.eval_docs)[:limit] if limit else list(task.eval_docs)
+    return statistics.mean(1 / len(task.doc_to_choice(doc)) for doc in docs)
+
+
+def with_noise(report: dict) -> dict:
+    """The average of the paper metrics with its binomial standard error and chance level: two
+    variants whose averages differ by less than ~2 standard errors are not told apart."""
+    scored = [r for r in report.values() if r.get("value") is not None]
+    if not scored:
+        return {"average": None}
+    for entry in scored:
+        entry["stderr"] = math.sqrt(entry["value"] * (1 - entry["value"]) / max(entry["n"], 1))
+    count = len(scored)
+    average = sum(r["value"] for r in scored) / count
+    stderr = math.sqrt(sum(r["stderr"] ** 2 for r in scored)) / count
+    chance = sum(r["chance"] for r in scored) / count
+    return {"average": average, "average_stderr": stderr, "average_chance": chance,
+            "at_chance": average - chance < 2 * stderr}
+
+
 def evaluate_zeroshot(
     model: LogitsModel, tasks: list[str], data_dir: Path, limit: int | None = None, batch_size: int = 8
 ) -> dict:
-    """{task: {acc, acc_norm, metric, value, n} | {skipped}} and the average of the paper metrics."""
+    """{task: {acc, acc_norm, metric, value, n, chance, stderr} | {skipped}} and the average of the
+    paper metrics with its noise (`with_noise`)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import evaluator
@@ -171,11 +199,12 @@ def evaluate_zeroshot(
             verbosity="WARNING",
             task_manager=TaskManager(include_defaults=False),  # tasks are built: skip indexing lm-eval's ~56k YAMLs (14 s)
         )
+        by_name = {task.config.task: task for task in runnable}
         for task, values in output["results"].items():
             entry = {k.split(",")[0]: v for k, v in values.items() if k.endswith(",none") and "stderr" not in k}
             entry["metric"] = paper_metric(task)
             entry["value"] = entry.get(entry["metric"])
             entry["n"] = output["n-samples"][task]["effective"]
+            entry["chance"] = chance_level(by_name[task], limit)
             report[task] = entry
-    scored = [r["value"] for r in report.values() if r.get("value") is not None]
-    return {"tasks": report, "average": sum(scored) / len(scored) if scored else None, "limit": limit}
+    return {"tasks": report, **with_noise(report), "limit": limit}
