@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .adapters import HEADED, Candidate, adapter_for
-from .checkpoints import load_checkpoint, load_tokenizer, read_removal_list, resolve_device, save_remote_code
+from .checkpoints import DTYPES, load_checkpoint, load_tokenizer, read_removal_list, resolve_device, save_remote_code, stored_dtype
 from .data import load_windows
 from .errors import ShedderError
 from .io import atomic_dir, atomic_file, read_json, write_json
@@ -139,15 +139,26 @@ def search_stages(recipe: Recipe, adapter, batches: Callable[[], list[torch.Tens
     return stages
 
 
-def save_checkpoint(model, tokenizer, target: Path, generation_source: Path | None = None) -> None:
-    """save_pretrained + tokenizer (+ our modeling code for heterogeneous layers), atomically."""
+def save_checkpoint(model, tokenizer, target: Path, generation_source: Path | None = None,
+                    stored_as: torch.dtype | None = None) -> None:
+    """save_pretrained + tokenizer (+ our modeling code for heterogeneous layers), atomically.
+    `stored_as`: write the weights in this dtype (the source's 16-bit storage: lossless for
+    weights that are copies of ones read from it) while config.json keeps the model's dtype, so
+    a default load computes as the source's does."""
     with atomic_dir(target) as tmp:
         if generation_source is not None and (generation_source / "generation_config.json").is_file():
             from transformers import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(generation_source)
         save_remote_code(model.config, tmp)
+        compute = model.dtype
+        if stored_as is not None and stored_as != compute:
+            model.to(stored_as)
         model.save_pretrained(tmp)
+        if model.dtype != compute:
+            config = read_json(tmp / "config.json")
+            config["dtype"] = str(compute).removeprefix("torch.")
+            write_json(tmp / "config.json", config)
         tokenizer.save_pretrained(tmp)
 
 
@@ -293,7 +304,9 @@ def run_prune(recipe: Recipe, force: bool = False, resume: bool = False) -> dict
     if original_params - pruned_params != adapter.removed_params(removed):
         raise RuntimeError("parameter accounting mismatch after physical removal")
     removal_diff = pruned_vs_masked(adapter, pruned, removed)
-    save_checkpoint(pruned, tokenizer, pruned_dir, generation_source=recipe.model if recipe.model.is_dir() else None)
+    source = recipe.model if recipe.model.is_dir() else None
+    save_checkpoint(pruned, tokenizer, pruned_dir, generation_source=source,
+                    stored_as=DTYPES[stored_dtype(source)] if source else None)  # pruned weights are copies of the source's
     result = {
         "model": str(recipe.model),
         "family": adapter.family,

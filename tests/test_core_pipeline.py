@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from shedder_ov.adapters import Candidate, adapter_for
-from shedder_ov.checkpoints import load_checkpoint, read_removal_list
+from shedder_ov.checkpoints import load_checkpoint, read_removal_list, stored_dtype
 from shedder_ov.cli import app
 from shedder_ov.data import read_documents
 
@@ -84,6 +84,8 @@ def test_prune_real_mamba2_tiny(tmp_path):
     assert params["original"] - params["pruned"] == adapter.removed_params(removed) > 0
     assert params["pruned"] == sum(p.numel() for p in pruned.parameters())
     assert (out / "pruned" / "tokenizer.json").is_file()
+    # stored as the source is (bf16: its weights are copies of the source's), computed as it is
+    assert stored_dtype(out / "pruned") == stored_dtype(model_dir) == "bfloat16" and pruned.dtype == torch.float32
 
     again = prune(recipe)  # finished: skipped, same result
     assert again.exit_code == 0 and "already done" in again.output
