@@ -38,9 +38,11 @@ def replay(recipe_path: Path, recorded: Path, tmp_path: Path) -> None:
     expected = json.loads(recorded.read_text())
     steps = lambda rows: [(r["step"], r["candidate"], r["params_removed"]) for r in rows]  # noqa: E731
     assert steps(result["removed"]) == steps(expected["removed"])
+    # the recordings come from another CPU: f32 matmuls accumulate in another order with other
+    # vector widths (AVX2 vs AVX-512), which moves a PPL by ~1e-6 relative; the decisions stay exact
     for ours, theirs in zip(result["removed"], expected["removed"]):
-        assert math.isclose(ours["ppl"], theirs["ppl"], rel_tol=1e-9)
-    assert math.isclose(result["ppl_original"], expected["ppl_original"], rel_tol=1e-9)
+        assert math.isclose(ours["ppl"], theirs["ppl"], rel_tol=1e-5)
+    assert math.isclose(result["ppl_original"], expected["ppl_original"], rel_tol=1e-5)
     for key in ("params", "layers", "pruned_model_type", "family"):
         assert result[key] == expected[key], key
     assert result["search"]["stopped_by"] == expected["search"]["stopped_by"]
