@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu import cpu_facts, runtime_defaults
 from .errors import ShedderError
 from .runtime import StatefulIR, genai_generate, ir_file
 
@@ -85,14 +86,6 @@ def ir_size(xml: Path) -> int:
     return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
 
 
-def dq_default() -> dict:
-    """This CPU's dynamic-quantization group size, where its defaults set one."""
-    from .cpu import runtime_defaults
-
-    size = runtime_defaults().dq_group_size
-    return {} if size is None else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": size}
-
-
 def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), new_tokens: int = 128,
              warmup: int = 1, repeats: int = 3, threads: int = 2, precision: str = "f32", profile: bool = False,
              specialize: bool = True, ov_config: dict | None = None) -> dict:
@@ -107,7 +100,8 @@ def bench_ir(path: str, device: str = "CPU", prompt_lengths=(128, 512, 2048), ne
     too_long = [n for n in prompt_lengths if limit and n > limit]
     if too_long:
         raise ShedderError(f"prompt length {too_long[0]} is above the model's limit of {limit} tokens")
-    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": STREAMS, "PERF_COUNT": profile, **dq_default(), **(ov_config or {})}
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": STREAMS, "PERF_COUNT": profile,
+              **runtime_defaults().dq_properties(), **(ov_config or {})}
     start = time.perf_counter()
     ir = StatefulIR(xml, device, precision, config, specialize=specialize, last_logits=specialize)
     ir.prepare(1, prompt_lengths)
@@ -219,8 +213,6 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
     each IR also runs through openvino.genai's LLMPipeline, in the row after its own."""
     import openvino as ov
 
-    from .cpu import cpu_facts, cpu_flags, cpu_kind, runtime_defaults
-
     for path in paths:
         if ir_file(Path(path)) is None:
             raise ShedderError(f"{path}: not an OpenVINO IR (no openvino_model.xml)")
@@ -250,9 +242,9 @@ def run_bench(paths: list[Path], labels: list[str] | None = None, threads: int =
             "decode": row["decode"]["tok_s"]["median"] / base["decode"]["tok_s"]["median"]
             if row.get("decode") and base.get("decode") else None,
         }
-    defaults = runtime_defaults()
+    facts = cpu_facts()
     return {"openvino": ov.get_version(), "threads": threads, "streams": STREAMS, "precision": precision, "cpu_count": os.cpu_count(),
-            "cpu": cpu_facts(), "cpu_defaults": {"kind": cpu_kind(cpu_flags()), **dataclasses.asdict(defaults)},
+            "cpu": facts, "cpu_defaults": {"kind": facts["kind"], **dataclasses.asdict(runtime_defaults())},
             "bandwidth_gbs": bandwidth, "rows": rows}
 
 

@@ -69,11 +69,14 @@ class RuntimeDefaults:
     def resolved_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
 
+    def dq_properties(self) -> dict:
+        """The dynamic-quantization property, where this row sets one."""
+        return {} if self.dq_group_size is None else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": self.dq_group_size}
+
     def properties(self) -> dict:
         """The CPU plugin properties these defaults set."""
-        extra = {} if self.dq_group_size is None else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": self.dq_group_size}
         return {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.resolved_threads(),
-                "NUM_STREAMS": self.streams, **extra}
+                "NUM_STREAMS": self.streams, **self.dq_properties()}
 
 
 # CPU kind → defaults, each from scripts/bench_vs_llamacpp.py / scripts/bench_defaults.py on that
