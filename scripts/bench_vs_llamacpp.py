@@ -1,7 +1,7 @@
 """Speed against llama.cpp on this machine's CPU: same models, same threads, back to back.
 
     python scripts/bench_vs_llamacpp.py [OUT=runs/bench/vs-llamacpp] [--shapes mamba2-780m,mamba-790m]
-        [--hints f32,bf16] [--repeats 2] [--threads 2] [--llama-cpp DIR] [--build-only]
+        [--hints f32,bf16] [--repeats 2] [--threads 2] [--llama-cpp DIR] [--build-only | --prepare-only]
 
 Models: RANDOM weights of real shapes (scripts/bench_random.py's; only speed and size mean
 anything), each original and with 25% of its blocks removed (every 4th from block 1, a stock
@@ -29,7 +29,7 @@ from pathlib import Path
 from bench_random import SHAPES, build, variant
 from shedder_ov import llamacpp
 from shedder_ov.bench import run_bench
-from shedder_ov.cpu import cpu_facts
+from shedder_ov.cpu import cpu_facts, runtime_defaults
 from shedder_ov.export.exporter import export_model
 from shedder_ov.io import write_json
 from shedder_ov.llamacpp import GGUF_TYPES, LLAMA_CPP_PYTHON
@@ -104,7 +104,8 @@ def verdicts(result: dict) -> list[str]:
                 checks = [("decode", ours["decode_tok_s"] / llama["decode_tok_s"], TARGETS["decode"])]
                 checks += [(f"prefill {n}", ours["prefill_tok_s"][n] / llama["prefill_tok_s"][n], TARGETS["prefill"]) for n in PROMPTS]
                 checks += [("bandwidth share", ours["bandwidth_share"], TARGETS["bandwidth"])]
-                lines += [f"{key} {tag} ({hint} hint) vs {kind}: {what} {value:.2f} (target {goal}) {'met' if value >= goal else 'MISSED'}"
+                default = " — this CPU's default" if hint == result["default_precision"] else ""
+                lines += [f"{key} {tag} ({hint} hint{default}) vs {kind}: {what} {value:.2f} (target {goal}) {'met' if value >= goal else 'MISSED'}"
                           for what, value, goal in checks]
     return lines
 
@@ -113,11 +114,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, nargs="?", default=Path("runs/bench/vs-llamacpp"))
     parser.add_argument("--shapes", default="mamba2-780m,mamba-790m")
-    parser.add_argument("--hints", default=None, help="INFERENCE_PRECISION_HINTs of ours (default: f32, plus bf16 where the CPU has bf16 instructions)")
+    parser.add_argument("--hints", default=None, help="INFERENCE_PRECISION_HINTs of ours (default: f32, plus bf16 where the CPU has bf16 instructions, plus this CPU's default, e.g. f32/bf16)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each measurement after a warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-cpp", type=Path, default=None, help="llama.cpp build folder (default: OUT/llama.cpp)")
     parser.add_argument("--build-only", action="store_true", help="only build llama.cpp")
+    parser.add_argument("--prepare-only", action="store_true", help="only build llama.cpp and write every variant (checkpoints, IRs, GGUFs): the timings can then run later on an idle machine")
     args = parser.parse_args()
     unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
     if unknown:
@@ -125,10 +127,11 @@ def main() -> None:
 
     cpu = cpu_facts()
     hints = args.hints.split(",") if args.hints else ["f32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(cpu["flags"]) else [])
+    hints += [] if args.hints or runtime_defaults().precision in hints else [runtime_defaults().precision]  # this CPU's default
     llama = llamacpp.build(args.llama_cpp or args.out / "llama.cpp", amx_off=cpu["amx"] == "faults")
     if args.build_only:
         return
-    result = {"cpu": cpu, "threads": args.threads, "hints": hints, "weights": "random (speed/size only)", "models": {}}
+    result = {"cpu": cpu, "threads": args.threads, "hints": hints, "default_precision": runtime_defaults().precision, "weights": "random (speed/size only)", "models": {}}
     models = [(shape, name) for shape in args.shapes.split(",") for name in ("original", "pruned25")]
     variants = {}
     for shape, name in models:  # every variant first: the timings then run back to back
@@ -136,6 +139,8 @@ def main() -> None:
         ours = prepare_ours(shape, name, args.out)
         variants[shape, name] = ours, llama.to_gguf(args.out / shape / name / "hf", args.out / shape / name / "gguf")
         print(f"{shape} {name}: variants ready ({time.perf_counter() - started:.0f} s)", flush=True)
+    if args.prepare_only:
+        return
     for (shape, name), (ours, ggufs) in variants.items():
         model = {"ours": {}, "llama.cpp": {}}
         for hint in hints:

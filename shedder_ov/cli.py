@@ -129,7 +129,7 @@ def eval_(
     ppl_windows: int = typer.Option(None, help="first N PPL windows per dataset (default: all)"),
     limit: int = typer.Option(None, help="first N items per zero-shot task (default: all)"),
     device: str = typer.Option("CPU", help="OpenVINO device for IRs"),
-    precision: str = typer.Option(None, help="OpenVINO INFERENCE_PRECISION_HINT (default: this CPU's, shedder_ov/cpu.py)"),
+    precision: str = typer.Option(None, help="OpenVINO INFERENCE_PRECISION_HINT, or prompt/decode hints such as f32/bf16 (default: this CPU's, shedder_ov/cpu.py)"),
     batch_size: int = typer.Option(4),
     chunk: int = typer.Option(None, min=1, help="IRs: feed each window in calls of N tokens (1: decode; tests state precision)"),
     json_out: Path = typer.Option(None, "--json", help="write the record here"),
@@ -142,14 +142,16 @@ def eval_(
     from .evaluation.run import evaluate, parse_list
     from .evaluation.zeroshot import PAPER_TASKS
     from .io import write_json
-    from .runtime import ir_file
+    from .runtime import compile_precisions, ir_file
     from .validate import check_checkpoint
 
     require_positive(seq_len=seq_len, ppl_windows=ppl_windows, limit=limit, batch_size=batch_size)
+    precision = precision or runtime_defaults().precision
+    compile_precisions(precision, "--precision")
     if ir_file(model) is None and (model / "config.json").is_file():  # a torch checkpoint: its files, by their headers
         check_checkpoint(model)
     record = evaluate(model, parse_list(ppl, DATASETS, "--ppl"), parse_list(tasks, PAPER_TASKS, "--tasks"), data_root,
-                      seq_len, ppl_windows, limit, device, precision or runtime_defaults().precision, batch_size, chunk)
+                      seq_len, ppl_windows, limit, device, precision, batch_size, chunk)
     if json_out:
         write_json(json_out, record)
     typer.echo(json.dumps(record, indent=2))
@@ -180,7 +182,7 @@ def bench(
     new_tokens: int = typer.Option(128, help="decode steps (batch 1)"),
     repeats: int = typer.Option(3),
     threads: int = typer.Option(None, help="INFERENCE_NUM_THREADS and bandwidth-test threads (default: this CPU's, shedder_ov/cpu.py)"),
-    precision: str = typer.Option(None, help="INFERENCE_PRECISION_HINT, also the stored state precision (default: this CPU's, shedder_ov/cpu.py; docs/speed.md)"),
+    precision: str = typer.Option(None, help="INFERENCE_PRECISION_HINT, also the stored state precision, or prompt/decode hints such as f32/bf16 (default: this CPU's, shedder_ov/cpu.py; docs/speed.md)"),
     profile: bool = typer.Option(False, help="also top ops of the longest prefill and a decode step (OV performance counters)"),
     dynamic: bool = typer.Option(False, help="one dynamic-shape compile per IR, as OVModelForCausalLM runs it (default: "
                                  "static-shape compiles for decode steps and 512-token prefill pieces)"),
@@ -191,11 +193,12 @@ def bench(
     from .bench import format_table, run_bench
     from .cpu import runtime_defaults
     from .io import write_json
-    from .runtime import ir_file, read_ir
+    from .runtime import compile_precisions, ir_file, read_ir
     from .validate import check_lengths
 
     defaults = runtime_defaults()
     threads, precision = threads or defaults.resolved_threads(), precision or defaults.precision
+    compile_precisions(precision, "--precision")
     names = [label.strip() for label in labels.split(",")] if labels else None
     if names and len(names) != len(irs):
         raise ShedderError(f"--labels: {len(names)} labels for {len(irs)} IRs")

@@ -37,7 +37,7 @@ def cpu_facts() -> dict:
                                                               ("family", "CPU family"), ("model", "Model"))}
     info["flags"] = cpu_flags()
     info["amx"] = probe_amx() if "amx_tile" in info["flags"] else "absent"
-    info["kind"] = cpu_kind(info["flags"])
+    info["kind"] = cpu_kind(info["flags"], *cpu_identity())
     return info
 
 
@@ -60,7 +60,7 @@ def probe_amx() -> str:
 class RuntimeDefaults:
     """OpenVINO CPU settings that eval, bench, the genai path and export/generate_ov.py start from."""
 
-    precision: str  # INFERENCE_PRECISION_HINT; also the precision the plugin stores the states in
+    precision: str  # INFERENCE_PRECISION_HINT (also the stored state precision), or "prompt/decode" hints
     threads: int | None  # INFERENCE_NUM_THREADS; None: every core this process may run on
     streams: int  # NUM_STREAMS; 1: batch-1 latency (more streams split the cores)
     dq_group_size: int | None  # DYNAMIC_QUANTIZATION_GROUP_SIZE; None: the plugin's own
@@ -74,8 +74,8 @@ class RuntimeDefaults:
         return {} if self.dq_group_size is None else {"DYNAMIC_QUANTIZATION_GROUP_SIZE": self.dq_group_size}
 
     def properties(self) -> dict:
-        """The CPU plugin properties these defaults set."""
-        return {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.resolved_threads(),
+        """The CPU plugin properties these defaults set on one compile (with prompt/decode hints: the prompt's)."""
+        return {"INFERENCE_PRECISION_HINT": self.precision.split("/")[0], "INFERENCE_NUM_THREADS": self.resolved_threads(),
                 "NUM_STREAMS": self.streams, **self.dq_properties()}
 
 
@@ -85,6 +85,10 @@ DEFAULTS = {
     "amx": RuntimeDefaults("f32", None, 1, None, "Xeon 5th gen: f32 decodes int8 1.36-1.41x and int4 1.04-1.34x "
                            "faster than bf16 (integer FullyConnected); bf16 prefills 1.2-1.7x faster but stores the "
                            "state in bf16"),
+    "zen5": RuntimeDefaults("f32", None, 1, None, "Zen 5 (full-width AVX-512): decode within noise across hints "
+                            "(random 780m Mamba-2, 2 rounds: int8 24.0 f32 / 25.2 bf16 / 24.5 f32-prompt+bf16-decode "
+                            "tok/s, int4 26.5 / 24.1 / 26.9); bf16 prefills 1.3-1.4x faster but its chunked scan "
+                            "moves a 1024-token prompt's logits by up to 3.6, so f32 keeps parity"),
     "avx512_bf16": RuntimeDefaults("f32", None, 1, None, "Zen 4: f32 decodes int8 1.6x and int4 1.04x faster than "
                                    "bf16; bf16 prefill +7% at +0.1-1.3% PPL through the state"),
     "avx2": RuntimeDefaults("f32", None, 1, None, "Zen 3 (no AVX-512, no bf16): f32 is the only native precision; "
@@ -92,26 +96,45 @@ DEFAULTS = {
 }
 
 
-def cpu_kind(flags: list[str]) -> str:
-    """The DEFAULTS row of a CPU by the instructions OpenVINO's CPU kernels pick from."""
+def cpu_kind(flags: list[str], vendor: str = "", family: int = 0) -> str:
+    """The DEFAULTS row of a CPU by the instructions OpenVINO's CPU kernels pick from, and for AMD
+    by the core generation where the same instructions run at another width (Zen 4 splits 512-bit
+    operations in two, Zen 5 — family 26 — does not)."""
     if "amx_bf16" in flags:
         return "amx"
     if "avx512_bf16" in flags:
-        return "avx512_bf16"
+        return "zen5" if vendor == "AuthenticAMD" and family >= 26 else "avx512_bf16"
     return "avx2"
 
 
 def runtime_defaults() -> RuntimeDefaults:
-    """The defaults for the CPU this process runs on (no AMX probe: flags only)."""
-    return DEFAULTS[cpu_kind(cpu_flags())]
+    """The defaults for the CPU this process runs on (no AMX probe: flags and identity only)."""
+    return DEFAULTS[cpu_kind(cpu_flags(), *cpu_identity())]
 
 
 @functools.cache
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines:
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_identity() -> tuple[str, int]:
+    """vendor_id and cpu family ("", 0 where unknown)."""
+    family = cpuinfo().get("cpu family", "0")
+    return cpuinfo().get("vendor_id", ""), int(family) if family.isdigit() else 0
+
+
 def cpu_flags() -> list[str]:
     """The SIMD_FLAGS /proc/cpuinfo lists for this CPU (empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    flags = set(cpuinfo().get("flags", "").split())
     return [flag for flag in SIMD_FLAGS if flag in flags]

@@ -10,6 +10,10 @@ compiles the same ov.Model once per shape it is fed:
 * prompts: pieces of `piece` tokens on a [batch, piece] compile (static shapes prefill
   1.35–1.6x faster and bound activation memory), any remainder on the dynamic compile.
 
+Each compilation may run at its own precision: `precision="f32/bf16"` compiles prompt pieces
+(and the dynamic compile) under the f32 hint and decode steps under bf16 — an exact prefill with a
+faster decode where the CPU's bf16 kernels win (docs/speed.md "Runtime defaults per CPU").
+
 The recurrent state follows the calls: when the next call runs on another compilation, its
 variables are copied over (a few MB; a Zamba2 KV cache, of whatever length it has grown to, goes
 the same way). A stateless IR runs whole calls on the dynamic compile."""
@@ -26,6 +30,16 @@ from .errors import ShedderError
 
 IR_FILE = "openvino_model.xml"
 PIECE = 512  # prompt tokens per prefill call: long enough for matmul-bound work, short enough to bound memory
+HINTS = ("f32", "bf16", "f16")
+
+
+def compile_precisions(precision: str, field: str = "precision") -> tuple[str, str]:
+    """(prompt, decode) INFERENCE_PRECISION_HINTs of a precision: "bf16" for both, or "f32/bf16"
+    (prompt pieces and the dynamic compile at f32, one-token steps at bf16)."""
+    parts = precision.split("/")
+    if len(parts) > 2 or not set(parts) <= set(HINTS):
+        raise ShedderError(f"{field}: {precision!r} is not a hint ({', '.join(HINTS)}) or a prompt/decode pair of them (e.g. f32/bf16)")
+    return parts[0], parts[-1]
 
 
 def ir_file(path: Path) -> Path | None:
@@ -141,7 +155,9 @@ class StatefulIR:
         self.device = device
         # KV caches (Zamba2's attention, fused into the CPU plugin's SDPA) are kept at the inference
         # precision, as the recurrent states are (the plugin's default would be f16)
-        self.properties = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": precision, **(config or {})}
+        self.prompt_hint, self.decode_hint = compile_precisions(precision)
+        self.properties = {hint: {"INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": hint, **(config or {})}
+                           for hint in (self.prompt_hint, self.decode_hint)}
         self.one_compile = one_compile
         self.requests: dict = {}
         self.live = None  # the request whose variables hold the current state
@@ -155,8 +171,9 @@ class StatefulIR:
             if self.one_compile and self.requests:
                 self.drop_compiles()
             model = self.model if key is None else with_static_shape(self.model, batch, length)
+            hint = self.decode_hint if key is not None and length == 1 else self.prompt_hint
             try:
-                compiled = self.core.compile_model(model, self.device, self.properties)
+                compiled = self.core.compile_model(model, self.device, self.properties[hint])
             except RuntimeError as error:
                 raise ShedderError(f"{self.path}: IR does not compile ({str(error).splitlines()[0][:200]})") from None
             self.requests[key] = compiled.create_infer_request()

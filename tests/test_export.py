@@ -108,6 +108,25 @@ def test_specialized_runtime_matches_dynamic(exported, name):
     assert "If" not in runtime_op_types(fast.live) and set(fast.requests) == {(1, 128), None, (1, 1)}
 
 
+def test_prompt_and_decode_compile_at_their_own_precision(exported):
+    """precision "f32/bf16": prompt pieces compile under the f32 hint (logits bit-equal to an all-f32
+    runtime), one-token steps under bf16 where the CPU has it, continuing the state the f32 prefill
+    left; the decode logits stay within bf16 rounding of the f32 ones."""
+    import openvino as ov
+
+    _, ir_dir, _ = exported("mamba2")
+    ids = np.arange(1, 301)[None] % 1000
+    exact, mixed = StatefulIR(ir_dir), StatefulIR(ir_dir, precision="f32/bf16")
+    assert np.array_equal(exact(ids), mixed(ids))
+    steps = [(exact(ids[:, -1:] + k), mixed(ids[:, -1:] + k)) for k in range(1, 9)]
+    scale = np.abs(steps[0][0]).max()
+    assert max(np.abs(a - b).max() for a, b in steps) <= 0.05 * scale
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    hints = {key: request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT").get_type_name()
+             for key, request in mixed.requests.items()}
+    assert hints[(1, 1)] == ("bf16" if bf16 else "f32") and hints[None] == "f32"
+
+
 def test_optimum_generate_and_pipeline(exported, tokenizer):
     from optimum.intel import OVModelForCausalLM
     from transformers import pipeline
