@@ -17,15 +17,19 @@ attention needs it). Random weights: speed and exactness only, never quality."""
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from shedder_ov import runtime
-from shedder_ov.bench import run_bench
+from shedder_ov.bench import ir_size, run_bench
+from shedder_ov.errors import ShedderError
 from shedder_ov.io import write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -95,12 +99,25 @@ def parity(ir_dir: Path, ids: np.ndarray, reference: np.ndarray, precision: str,
     return out
 
 
-def bench_rows(paths: list[Path], labels: list[str], optimum: bool, args, precision: str) -> list[dict]:
-    """`run_bench` rows: ours on our runtime, optimum-intel's on the one dynamic compile. The long
-    prompt goes first (decode then follows a 2048-token prompt): optimum-intel's IR at the bf16 hint
-    segfaults in the CPU plugin (OpenVINO 2026.4.1) on a 2048-token prefill after a 512-token one."""
-    return run_bench(paths, labels, threads=args.threads, precision=precision, specialize=[not optimum] * len(paths),
-                     prompt_lengths=(2048, 512), new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats)["rows"]
+def isolated_parity(*args) -> dict | str:
+    """`parity` in a process of its own: optimum-intel's IR can crash the CPU plugin (SIGSEGV at the
+    bf16 hint, OpenVINO 2026.4.1); the table then says so instead of the run dying."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        try:
+            return pool.submit(parity, *args).result()
+        except BrokenProcessPool:
+            return "crashed"
+
+
+def bench_row(path: Path, label: str, optimum: bool, args, precision: str) -> dict | str:
+    """One `run_bench` row (its own process): ours on our runtime, optimum-intel's on the one dynamic
+    compile. The long prompt goes first, so decode follows a 2048-token prompt."""
+    try:
+        return run_bench([path], [label], threads=args.threads, precision=precision, specialize=[not optimum],
+                         prompt_lengths=(2048, 512), new_tokens=args.new_tokens, warmup=args.warmup, repeats=args.repeats)["rows"][0]
+    except ShedderError as error:  # the benchmark process died
+        print(f"{label}: {error}", flush=True)
+        return "crashed"
 
 
 def table(results: list[dict]) -> str:
@@ -110,12 +127,19 @@ def table(results: list[dict]) -> str:
     by_key = {(r["model"], r["export"], r["weights"], r["hint"]): r for r in results}
     for r in results:
         other = by_key[(r["model"], "optimum-intel", r["weights"], r["hint"])]
-        ratio = "-" if r["export"] != "ours" else (
-            f"{r['prefill_tok_s'][2048] / other['prefill_tok_s'][2048]:.1f}x, {r['decode_tok_s'] / other['decode_tok_s']:.2f}x")
+        timed = "prefill_tok_s" in r
+        if r["export"] != "ours":
+            ratio = "-"
+        elif timed and "prefill_tok_s" in other:
+            ratio = f"{r['prefill_tok_s'][2048] / other['prefill_tok_s'][2048]:.1f}x, {r['decode_tok_s'] / other['decode_tok_s']:.2f}x"
+        else:
+            ratio = "optimum-intel's run crashed"
         cells = [r["model"], r["export"], r["weights"], r["hint"], f"{r['ir_mb']:.0f}"]
-        cells += [f"{r['parity'][n]['max_abs_diff']:.1e} ({100 * r['parity'][n]['argmax_agree']:.0f}%)" for n in PARITY_LENGTHS]
-        cells += [f"{r['prefill_tok_s'][512]:.0f}", f"{r['prefill_tok_s'][2048]:.0f}", f"{r['decode_tok_s']:.1f}", ratio]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells += (["crashed"] * len(PARITY_LENGTHS) if r["parity"] == "crashed" else
+                  [f"{r['parity'][n]['max_abs_diff']:.1e} ({100 * r['parity'][n]['argmax_agree']:.0f}%)" for n in PARITY_LENGTHS])
+        cells += ([f"{r['prefill_tok_s'][512]:.0f}", f"{r['prefill_tok_s'][2048]:.0f}", f"{r['decode_tok_s']:.1f}"] if timed
+                  else ["crashed"] * 3)
+        lines.append("| " + " | ".join(cells + [ratio]) + " |")
     return "\n".join(lines)
 
 
@@ -138,17 +162,16 @@ def main() -> None:
         irs = {(export, tag): variant(path, tag) for export, path in fp32.items() for tag in args.variants.split(",")}
         ids, reference = torch_reference(checkpoint, max(PARITY_LENGTHS))
         for hint in args.hints.split(","):
-            for export in fp32:
-                keys = [key for key in irs if key[0] == export]
-                rows = bench_rows([irs[k] for k in keys], [f"{name} {k[0]} {k[1]} {hint}" for k in keys], export != "ours", args, hint)
-                for (_, tag), row in zip(keys, rows):
-                    results.append({
-                        "model": name, "export": export, "weights": tag, "hint": hint, "ir_mb": row["ir_mb"],
-                        "parity": parity(irs[export, tag], ids, reference, hint, export == "ours"),
-                        "prefill_tok_s": {n: n / (row["prefill_ms"][n]["median"] / 1e3) for n in (512, 2048)},
-                        "decode_tok_s": row["decode"]["tok_s"]["median"], "bench": row,
-                    })
-                    print(results[-1]["model"], export, tag, hint, results[-1]["prefill_tok_s"], results[-1]["decode_tok_s"], flush=True)
+            for (export, tag), ir in irs.items():
+                label = f"{name} {export} {tag} {hint}"
+                row = bench_row(ir, label, export != "ours", args, hint)
+                result = {"model": name, "export": export, "weights": tag, "hint": hint, "ir_mb": ir_size(ir / "openvino_model.xml") / 2**20,
+                          "parity": isolated_parity(ir, ids, reference, hint, export == "ours")}
+                if row != "crashed":
+                    result |= {"prefill_tok_s": {n: n / (row["prefill_ms"][n]["median"] / 1e3) for n in (512, 2048)},
+                               "decode_tok_s": row["decode"]["tok_s"]["median"], "bench": row}
+                results.append(result)
+                print(label, result.get("prefill_tok_s", "crashed"), result.get("decode_tok_s", ""), flush=True)
         del reference
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
                 if line.startswith("Model name")), "?")

@@ -208,6 +208,8 @@ class ExportSpec(Strict):
 
     variants: list[Literal["fp32", "int8", "int4"]] = Field(default_factory=lambda: ["fp32", "int8", "int4"], min_length=1)
     strict: bool = Field(False, description="a parity mismatch of the fp32 IR is an error")
+    parity: bool = Field(True, description="check each fp32 IR against torch (short and 1024-token prompts, greedy, "
+                         "openvino.genai); false skips it: it needs one f32 compile, ~6 bytes per bf16 weight")
     int8_mode: Literal["int8_sym", "int8_asym"] = "int8_asym"
     int4_mode: Literal["int4_sym", "int4_asym"] = "int4_asym"
     group_size: int | None = Field(None, description="int4 group size (default: NNCF's 128, narrower where needed)")
@@ -217,6 +219,12 @@ class ExportSpec(Strict):
     @classmethod
     def _unique_variants(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _strict_needs_parity(self) -> "ExportSpec":
+        if self.strict and not self.parity:
+            raise ValueError("strict: true needs parity: true (strict fails the export on a parity mismatch)")
+        return self
 
 
 class BenchSpec(Strict):

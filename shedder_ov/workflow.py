@@ -45,7 +45,7 @@ def export_variant(source: Path, root: Path, spec: ExportSpec) -> dict[str, Path
     irs = {"fp32": root / "fp32"}
     if not (irs["fp32"] / EXPORT_REPORT).is_file():
         console.print(f"export: {source} → {irs['fp32']}")
-        export_checkpoint(source, irs["fp32"], strict=spec.strict)
+        export_checkpoint(source, irs["fp32"], strict=spec.strict, parity=spec.parity)
     for precision in spec.variants:
         if precision != "fp32":
             irs[precision] = root / precision

@@ -21,6 +21,9 @@ import shedder_ov  # noqa: F401  (registers the pruned classes)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHEDDER_SHARED", REPO.parent / "shared"))
+# real-model checks that repeat, on another family, what a faster test already shows on a real
+# model (CI keeps the suite under 15 minutes); SHEDDER_REAL_ALL=1 runs them too
+also_real = pytest.mark.skipif(os.environ.get("SHEDDER_REAL_ALL") != "1", reason="set SHEDDER_REAL_ALL=1 (a real-model repeat)")
 MODELS = SHARED / "models"
 TRAIN_TEXT = SHARED / "data" / "tinystories" / "train.txt"
 EVAL_TEXT = SHARED / "data" / "tinystories" / "eval.txt"

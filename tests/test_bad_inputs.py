@@ -135,6 +135,10 @@ RECIPE_ROWS = {  # prune, and every recipe-driven command: the whole recipe agai
         "recovery.device: cuda requested but no CUDA device is available (use auto or cpu)",
     ),
     "device cuda": (lambda c: c.recipe(device="cuda"), "device: cuda requested but no CUDA device is available (use auto or cpu)"),
+    "strict without parity": (
+        lambda c: c.recipe(export={"strict": True, "parity": False}),
+        "{tmp}/recipe.yaml: export: strict: true needs parity: true (strict fails the export on a parity mismatch)",
+    ),
     "dtype": (lambda c: c.recipe(dtype="float8"), "{tmp}/recipe.yaml: dtype: Input should be 'float32', 'bfloat16' or 'float16' (got 'float8')"),
     "eval data": (
         lambda c: c.recipe(eval={"data_root": str(c.tmp / "nodata"), "datasets": ["tinystories"], "tasks": []}),
@@ -349,6 +353,10 @@ EVAL_ROWS = {
         "--tasks: unknown mmlu (allowed: lambada_openai, hellaswag, piqa, arc_easy, arc_challenge, winogrande, openbookqa, or none)",
     ),
     "seq len": (lambda c: [str(c.checkpoint), "--seq-len", "0"], "--seq-len: 0 (must be at least 1)"),
+    "precision": (
+        lambda c: [str(c.checkpoint), "--precision", "int8"],
+        "--precision: 'int8' is not a hint (f32, bf16, f16) or a prompt/decode pair of them (e.g. f32/bf16)",
+    ),
 }
 
 
@@ -366,6 +374,10 @@ BENCH_ROWS = {
     "lengths not ints": (lambda c: [str(c.ir()), "--lengths", "128,long"], "--lengths: '128,long' is not a comma-separated list of integers"),
     "length 0": (lambda c: [str(c.ir()), "--lengths", "0,16"], "--lengths: 0 (must be at least 1)"),
     "new tokens": (lambda c: [str(c.ir()), "--new-tokens", "0"], "--new-tokens: 0 (must be at least 1)"),
+    "precision": (
+        lambda c: [str(c.ir()), "--precision", "f32/bf16/f16"],
+        "--precision: 'f32/bf16/f16' is not a hint (f32, bf16, f16) or a prompt/decode pair of them (e.g. f32/bf16)",
+    ),
     "above the limit": (
         lambda c: [str(c.ir(max_position_embeddings=64)), "--lengths", "16,128"],
         "--lengths: 128 is above the model's limit of 64 tokens",

@@ -114,10 +114,7 @@ def test_resume_after_kill_gives_identical_result(tmp_path):
     assert prune(killed).exit_code == 0
     resumed = json.loads((tmp_path / "killed" / "search" / "result.json").read_text())
     assert resumed["search"]["evaluated_in_this_run"] == resumed["search"]["evaluations"] - logged
-
-    assert prune(small_recipe(tmp_path, model_dir, out="whole")).exit_code == 0
-    whole = json.loads((tmp_path / "whole" / "search" / "result.json").read_text())
-    assert resumed["removed"] == whole["removed"] and resumed["ppl_original"] == whole["ppl_original"]
+    # that the resumed decisions equal an uninterrupted run's: tests/test_kill_resume.py
 
 
 def test_fast_and_naive_decide_alike_on_tiny(tmp_path, tiny_checkpoint):

@@ -18,6 +18,7 @@ from shedder_ov.modeling import ShedderFalconH1Config, ShedderFalconH1ForCausalL
 from shedder_ov.runtime import StatefulIR, read_ir
 
 from .conftest import (
+    also_real,
     MODELS,
     assert_graph_in_pieces_matches_model,
     assert_graph_steps_match_generate,
@@ -181,6 +182,7 @@ def test_compressed_variants_generate(exported, tmp_path, mode):
 
 
 @pytest.mark.slow
+@also_real  # test_export_granitemoehybrid.py exports the real granitemoehybrid-tiny in every run
 def test_real_falcon_h1_tiny(tmp_path):
     """The trained falcon-h1-tiny (12 hybrid layers, GQA, RoPE, chunk 128) exports with strict
     parity and continues the model card's story."""

@@ -16,6 +16,7 @@ from shedder_ov.modeling import ShedderZamba2Config, ShedderZamba2ForCausalLM
 from shedder_ov.runtime import StatefulIR, read_ir
 
 from .conftest import (
+    also_real,
     MODELS,
     assert_genai_batch_matches_single,
     assert_real_model_exports,
@@ -147,6 +148,7 @@ def test_compressed_variants_generate(exported, tmp_path, mode):
 
 
 @pytest.mark.slow
+@also_real  # test_export_granitemoehybrid.py exports the real granitemoehybrid-tiny in every run
 def test_real_zamba2_tiny(tmp_path):
     """The trained zamba2-tiny (4 attention invocations, RoPE, 2048-wide MLP) exports with strict
     parity and continues the model card's story."""

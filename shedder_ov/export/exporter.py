@@ -3,7 +3,6 @@ OVModelForCausalLM loads, checked for parity against the torch model it came fro
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 import warnings
@@ -17,7 +16,7 @@ from ..errors import ShedderError
 from ..io import atomic_dir, write_json
 from .parity import check_parity
 from .stable_names import make_names_stable
-from .phases import phase, require_disk, require_memory
+from .phases import phase, release, require_disk, require_memory
 
 REPORT_FILE = "shedder_export.json"
 PARITY_OVERHEAD = 2**30  # interpreter, libraries, activations and logits of the 1024-token prompt
@@ -79,7 +78,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
             export_model(model, tmp)
         seconds = time.perf_counter() - start
         del model  # the parity check loads what it needs, when it needs it
-        gc.collect()
+        release(stored)
         report = {
             "source": str(checkpoint),
             "model_type": model_type,

@@ -14,8 +14,6 @@ to ~1B parameters on 24 GiB; `genai_long_prompt_tokens` says how many)."""
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import torch
 
@@ -23,7 +21,7 @@ from ..adapters import adapter_for
 from ..checkpoints import load_checkpoint
 from ..evaluation.runtime import f32_logits
 from ..runtime import StatefulIR, genai_generate
-from .phases import available_bytes, phase
+from .phases import available_bytes, phase, release
 
 TOLERANCE = 1e-3
 LONG_PROMPT = 1024
@@ -33,6 +31,7 @@ NEW_TOKENS = 32
 # first calls of a new prompt length (docs/export.md); recorded, not required, for these families
 DYNAMIC_COMPILE_UNRELIABLE = frozenset({"mamba", "falcon_mamba"})
 LONG_NEW_TOKENS = 8
+COMPILES = 3  # shapes our runtime compiles here: the short prompt, one-token steps, 512-token pieces
 GENAI_BYTES = 150  # openvino.genai prefill activations per hidden channel, layer and token (genai_prompt_tokens)
 STORY = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog. "
@@ -81,6 +80,12 @@ def genai_prompt_tokens(config, weight_bytes: int, f32_bytes: int) -> int:
     return int(min(LONG_PROMPT, max(16, fits // 16 * 16)))
 
 
+def fits(size: int) -> bool:
+    """Whether `size` bytes, plus a margin for activations and the interpreter, are free now."""
+    free = available_bytes()
+    return free is not None and size + 2**30 < free
+
+
 def stored_adapter(checkpoint):
     model = load_checkpoint(checkpoint, "stored", "cpu")
     return adapter_for(model, str(checkpoint))
@@ -92,12 +97,15 @@ def check_parity(ir_dir, checkpoint, tokenizer) -> dict:
         adapter = stored_adapter(checkpoint)
         family, (short, long) = adapter.family, prompts(tokenizer, adapter.model.config.vocab_size)
         weights = [(p.numel() * p.element_size(), p.numel() * 4) for p in adapter.model.parameters()]
-        genai_long = long[: genai_prompt_tokens(adapter.model.config, *map(sum, zip(*weights)))]
+        stored_bytes, f32_bytes = map(sum, zip(*weights))
+        genai_long = long[: genai_prompt_tokens(adapter.model.config, stored_bytes, f32_bytes)]
         reference = {name: f32_logits(adapter, torch.from_numpy(ids)[None]).numpy() for name, ids in (("short", short), ("long", long))}
         del adapter
-        gc.collect()
+        release(stored_bytes)
     with phase("parity", f"IR logits and greedy {NEW_TOKENS} tokens (our runtime)"):
-        ir = StatefulIR(ir_dir, one_compile=True)  # compiled for: the short prompt, decode, 512-token pieces, decode
+        # compiled for the short prompt, decode and 512-token pieces; each compile holds an f32 copy
+        # of the weights, so where three copies do not fit they take turns
+        ir = StatefulIR(ir_dir, one_compile=not fits(COMPILES * f32_bytes))
         ir.reset()
         diffs = {"short": float(np.abs(ir(short[None]) - reference["short"]).max())}
         ir_tokens, _ = ir.greedy(short, NEW_TOKENS)
@@ -105,7 +113,7 @@ def check_parity(ir_dir, checkpoint, tokenizer) -> dict:
         diffs["long"] = float(np.abs(ir(long[None]) - reference["long"]).max())
         long_tokens = ir.greedy(genai_long, LONG_NEW_TOKENS)[0] if tokenizer is not None else None
         del ir
-        gc.collect()
+        release(COMPILES * f32_bytes)
     long_first = int(reference.pop("long")[0, genai_long.size - 1].argmax())  # torch's next token after genai's long prompt
     genai_tokens = None
     if tokenizer is not None:  # LLMPipeline needs the tokenizer IRs
@@ -114,7 +122,7 @@ def check_parity(ir_dir, checkpoint, tokenizer) -> dict:
         # recompute the whole prompt each token
         with phase("parity", f"openvino.genai greedy, short and {genai_long.size}-token prompt"):
             genai_tokens = genai_greedy(ir_dir, [short, genai_long], [NEW_TOKENS, LONG_NEW_TOKENS])
-            gc.collect()
+            release(f32_bytes)
     with phase("parity", f"torch greedy check on the IR's {NEW_TOKENS} tokens"):
         forced = f32_logits(stored_adapter(checkpoint), torch.from_numpy(np.concatenate([short, ir_tokens[:-1]]))[None])
         torch_tokens = [int(t) for t in forced[0, short.size - 1 :].argmax(-1)]

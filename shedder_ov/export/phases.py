@@ -6,6 +6,7 @@ inside a phase ends with one line naming the stage, the phase and the size it ne
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import re
 import resource
@@ -43,6 +44,15 @@ def available_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def release(size: int) -> None:
+    """Collect garbage after dropping `size` bytes (a model, a compile) when that is a real share of
+    the free memory: a full collection costs up to a second in a process holding torch and
+    transformers, which small models pay on every export for nothing."""
+    free = available_bytes()
+    if free is None or size * 8 > free:
+        gc.collect()
 
 
 def require_memory(stage: str, what: str, needed: int) -> None:
