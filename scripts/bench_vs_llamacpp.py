@@ -125,13 +125,13 @@ def main() -> None:
     if unknown:
         parser.error(f"--shapes: {', '.join(unknown)} unknown (known: {', '.join(sorted(SHAPES))})")
 
-    cpu = cpu_facts()
+    cpu, default = cpu_facts(), runtime_defaults().precision
     hints = args.hints.split(",") if args.hints else ["f32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(cpu["flags"]) else [])
-    hints += [] if args.hints or runtime_defaults().precision in hints else [runtime_defaults().precision]  # this CPU's default
+    hints += [] if args.hints or default in hints else [default]  # this CPU's default
     llama = llamacpp.build(args.llama_cpp or args.out / "llama.cpp", amx_off=cpu["amx"] == "faults")
     if args.build_only:
         return
-    result = {"cpu": cpu, "threads": args.threads, "hints": hints, "default_precision": runtime_defaults().precision, "weights": "random (speed/size only)", "models": {}}
+    result = {"cpu": cpu, "threads": args.threads, "hints": hints, "default_precision": default, "weights": "random (speed/size only)", "models": {}}
     models = [(shape, name) for shape in args.shapes.split(",") for name in ("original", "pruned25")]
     variants = {}
     for shape, name in models:  # every variant first: the timings then run back to back

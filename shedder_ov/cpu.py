@@ -75,7 +75,9 @@ class RuntimeDefaults:
 
     def properties(self) -> dict:
         """The CPU plugin properties these defaults set on one compile (with prompt/decode hints: the prompt's)."""
-        return {"INFERENCE_PRECISION_HINT": self.precision.split("/")[0], "INFERENCE_NUM_THREADS": self.resolved_threads(),
+        from .runtime import compile_precisions
+
+        return {"INFERENCE_PRECISION_HINT": compile_precisions(self.precision)[0], "INFERENCE_NUM_THREADS": self.resolved_threads(),
                 "NUM_STREAMS": self.streams, **self.dq_properties()}
 
 

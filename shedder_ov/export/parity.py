@@ -21,7 +21,7 @@ from ..adapters import adapter_for
 from ..checkpoints import load_checkpoint
 from ..evaluation.runtime import f32_logits
 from ..runtime import StatefulIR, genai_generate
-from .phases import available_bytes, phase, release
+from .phases import available_bytes, fits, phase, release
 
 TOLERANCE = 1e-3
 LONG_PROMPT = 1024
@@ -78,12 +78,6 @@ def genai_prompt_tokens(config, weight_bytes: int, f32_bytes: int) -> int:
     per_token = GENAI_BYTES * config.hidden_size * config.num_hidden_layers
     fits = (free - weight_bytes - f32_bytes - 2**30) // per_token
     return int(min(LONG_PROMPT, max(16, fits // 16 * 16)))
-
-
-def fits(size: int) -> bool:
-    """Whether `size` bytes, plus a margin for activations and the interpreter, are free now."""
-    free = available_bytes()
-    return free is not None and size + 2**30 < free
 
 
 def stored_adapter(checkpoint):

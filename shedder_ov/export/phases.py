@@ -46,6 +46,12 @@ def available_bytes() -> int | None:
     return None
 
 
+def fits(size: int) -> bool:
+    """Whether `size` bytes, plus a margin for activations and the interpreter, are free now."""
+    free = available_bytes()
+    return free is not None and size + GIB < free
+
+
 def release(size: int) -> None:
     """Collect garbage after dropping `size` bytes (a model, a compile) when that is a real share of
     the free memory: a full collection costs up to a second in a process holding torch and
