@@ -129,11 +129,16 @@ def current_tokens_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -
     return attention_mask[:, attention_mask.shape[1] - input_ids.shape[1] :]
 
 
-def causal_conv(conv1d, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_conv(conv1d, x: torch.Tensor, conv_state: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal conv of channels-last x [b, l, c] continuing `conv_state` [b, c, k-1]
-    (the last k-1 inputs), as k shifted multiply-adds: no transposes of [l, c] activations."""
+    (the last k-1 inputs), as k shifted multiply-adds: no transposes of [l, c] activations.
+    `mask` [b, l] zeroes padded inputs. It multiplies the concatenated window, not x: with x
+    masked before the concat, OpenVINO 2026.4.1's dynamic-shape CPU compile of the Mamba-1 graph
+    returned wrong prefill logits at some first-call lengths (test_dynamic_compile_on_growing_prompts)."""
     kernel, length = conv1d.kernel_size[0], x.shape[1]
     window = torch.cat([conv_state.to(x.dtype).transpose(1, 2), x], dim=1)  # [b, k-1+l, c]
+    if mask is not None:
+        window = window * F.pad(mask, (kernel - 1, 0), value=1.0)[..., None]
     weight = conv1d.weight[:, 0].t()  # [k, c]
     out = window[:, :length] * weight[0]
     for j in range(1, kernel):
@@ -146,7 +151,7 @@ def causal_conv(conv1d, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torc
 def mamba_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
     """Mamba-1 / FalconMamba mixer (the family's `ssm_inputs` hook normalises dt, B, C)."""
     x, z = mixer.in_proj(hidden).chunk(2, dim=-1)
-    x, conv_state = causal_conv(mixer.conv1d, x * mask[..., None], conv_state)
+    x, conv_state = causal_conv(mixer.conv1d, x, conv_state, mask)
     x = mixer.act(x) * mask[..., None]
     time_step, B, C = torch.split(
         mixer.x_proj(x), [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1
@@ -161,7 +166,7 @@ def mamba_mixer(adapter, mixer, hidden, mask, conv_state, ssm_state):
 def mamba_ssm_less_mixer(adapter, mixer, hidden, mask, conv_state):
     """Mamba-1 / FalconMamba mixer without SSM: act(conv(x)) * act(z)."""
     x, z = mixer.in_proj(hidden).chunk(2, dim=-1)
-    x, conv_state = causal_conv(mixer.conv1d, x * mask[..., None], conv_state)
+    x, conv_state = causal_conv(mixer.conv1d, x, conv_state, mask)
     return mixer.out_proj(mixer.act(x) * mixer.act(z)), conv_state
 
 
