@@ -178,7 +178,7 @@ def test_dynamic_compile_on_growing_prompts(exported, name):
             assert np.abs(logits - adapter.logits(torch.from_numpy(ids)).numpy()).max() < 1e-3, length
 
 
-@pytest.mark.parametrize("name", ["mamba", "pruned"])  # optimum-intel's Mamba class, and its generic stateful decoder
+@pytest.mark.parametrize("name", ["mamba", "falcon_mamba", "pruned"])  # optimum-intel's Mamba class (both Mamba-1 families), its generic stateful decoder
 def test_stock_optimum_intel_without_package(exported, name):
     checkpoint, ir_dir, _ = exported(name)
     assert_stock_optimum_matches_torch(checkpoint, ir_dir, 12)
