@@ -143,8 +143,8 @@ def save_checkpoint(model, tokenizer, target: Path, generation_source: Path | No
                     stored_as: torch.dtype | None = None) -> None:
     """save_pretrained + tokenizer (+ our modeling code for heterogeneous layers), atomically.
     `stored_as`: write the weights in this dtype (the source's 16-bit storage: lossless for
-    weights that are copies of ones read from it) while config.json keeps the model's dtype, so
-    a default load computes as the source's does."""
+    weights that are copies of ones read from it, a rounding for recovered ones) while
+    config.json keeps the model's dtype, so a default load computes as the source's does."""
     with atomic_dir(target) as tmp:
         if generation_source is not None and (generation_source / "generation_config.json").is_file():
             from transformers import GenerationConfig

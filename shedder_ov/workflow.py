@@ -4,7 +4,8 @@ summary.json → report.
 Variants are the recipe's model (`original`, IRs in ov-original/), the pruned checkpoint (`ov/`)
 and, when the recipe has `recovery:`, the recovered one (`ov-recovered/`); each gets one IR
 folder per precision. Every stage writes its output atomically and is skipped when it is already
-there, so a killed run resumes; --force redoes them all."""
+there and newer than its inputs, so a killed run resumes and a regenerated input (a recovered
+checkpoint, an IR) is not met by results of the old one; --force redoes them all."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ LLAMA_CPP_BENCH = "bench-llamacpp.json"
 OUTPUTS = (*IR_DIRS.values(), "eval", "bench.json", LLAMA_CPP_BENCH, "gguf", "summary.json", "report.md", "report.json", "search_path.png", "pareto.png")
 
 
+def written_at(path: Path) -> int:
+    """When an input was last written: an IR folder's model file, a checkpoint's config.json."""
+    for marker in (path / "openvino_model.xml", path / "config.json"):
+        if marker.is_file():
+            return marker.stat().st_mtime_ns
+    return path.stat().st_mtime_ns
+
+
+def up_to_date(target: Path, *inputs: Path) -> bool:
+    return target.is_file() and all(written_at(path) <= target.stat().st_mtime_ns for path in inputs)
+
+
 def _compress_options(spec: ExportSpec, precision: str) -> CompressOptions:
     if precision == "int8":
         return CompressOptions(mode=spec.int8_mode)
@@ -43,13 +56,13 @@ def _compress_options(spec: ExportSpec, precision: str) -> CompressOptions:
 def export_variant(source: Path, root: Path, spec: ExportSpec) -> dict[str, Path]:
     """fp32 IR (always: the others are compressed from it) + the recipe's compressed precisions."""
     irs = {"fp32": root / "fp32"}
-    if not (irs["fp32"] / EXPORT_REPORT).is_file():
+    if not up_to_date(irs["fp32"] / EXPORT_REPORT, source):
         console.print(f"export: {source} → {irs['fp32']}")
         export_checkpoint(source, irs["fp32"], strict=spec.strict, parity=spec.parity)
     for precision in spec.variants:
         if precision != "fp32":
             irs[precision] = root / precision
-            if not (irs[precision] / COMPRESS_REPORT).is_file():
+            if not up_to_date(irs[precision] / COMPRESS_REPORT, irs["fp32"]):
                 console.print(f"compress: {irs[precision]}")
                 compress_ir(irs["fp32"], irs[precision], _compress_options(spec, precision))
     return {p: irs[p] for p in PRECISIONS if p in spec.variants}
@@ -57,7 +70,7 @@ def export_variant(source: Path, root: Path, spec: ExportSpec) -> dict[str, Path
 
 def evaluate_to(target: Path, model: Path, spec: EvalSpec, zeroshot: bool = True) -> dict:
     """One eval record (PPL on the recipe's held-out text, zero-shot tasks), cached at `target`."""
-    if not target.is_file():
+    if not up_to_date(target, model):
         console.print(f"eval: {model} → {target}")
         record = evaluate(model, spec.datasets, spec.tasks if zeroshot else [], spec.data_root, spec.seq_len,
                           spec.windows, spec.limit, precision=runtime_defaults().precision)
@@ -143,7 +156,8 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
         for precision, ir in by_precision.items():
             evaluate_to(out / "eval" / f"{variant}-{precision}.json", ir, evaluation)
 
-    if evaluation.bench and not (out / "bench.json").is_file():
+    every_ir = [ir for by_precision in irs.values() for ir in by_precision.values()]
+    if evaluation.bench and not up_to_date(out / "bench.json", *every_ir):
         bench, defaults = evaluation.bench, runtime_defaults()
         rows = [(f"{v} {p}", ir) for v, by_precision in irs.items() for p, ir in by_precision.items()]
         console.print(f"bench: {len(rows)} IRs, prefill {bench.lengths}, {bench.new_tokens} new tokens")
@@ -155,7 +169,7 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
 
     console.print("report: summary, tables and plots")
     summary_path = out / "summary.json"
-    if not (summary_path.is_file() and set(read_json(summary_path)["variants"]) == set(irs["pruned"])):
+    if not (up_to_date(summary_path, *irs["pruned"].values()) and set(read_json(summary_path)["variants"]) == set(irs["pruned"])):
         write_json(summary_path, summarize(out, sources["pruned"], result, irs["pruned"], evaluation))
     summary = read_json(summary_path)
     report = write_report(out)

@@ -159,6 +159,22 @@ def test_run_recovery_writes_a_plain_pruned_checkpoint(family, pruned_output):
     assert run_recovery(recipe) == result  # done: skipped
 
 
+def test_recovered_checkpoint_keeps_a_16_bit_storage(texts, tokenizer):
+    """A pruned checkpoint stored in bf16 (as pruning a bf16 source writes it) gives a recovered
+    one stored in bf16 too, and the held-out PPL the result reports is that of the stored weights."""
+    from shedder_ov.checkpoints import load_checkpoint, stored_dtype
+    from shedder_ov.recovery import held_out_ppl
+
+    save_checkpoint(pruned_tiny("mamba2"), tokenizer, texts / "out" / "pruned", stored_as=torch.bfloat16)
+    recipe = make_recipe(texts, {"method": "lora", "lr": 5e-3})
+    result = run_recovery(recipe)
+    recovered = texts / "out" / "recovered"
+    assert stored_dtype(recovered) == "bfloat16" and result["stored_dtype"] == "bfloat16"
+    held_out = load_windows(recipe.recovery.held_out, tokenizer, recipe.seed, seq_len=32)[:2]
+    reloaded = load_checkpoint(recovered, "float32")
+    assert held_out_ppl(adapter_for(reloaded), held_out, 2, "cpu") == pytest.approx(result["ppl_after"], rel=1e-6)
+
+
 def test_full_finetune_and_settings_change_refused(pruned_output):
     root = pruned_output("mamba")
     result = run_recovery(make_recipe(root, {"method": "full", "lr": 1e-3}))

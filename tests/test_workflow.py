@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 from shedder_ov.recipe import parse_recipe
-from shedder_ov.workflow import run_prune_and_export
+from shedder_ov.workflow import run_prune_and_export, up_to_date
 
 from .conftest import SHARED, TRAIN_TEXT, require
 
@@ -42,3 +43,18 @@ def test_prune_and_export_writes_the_study_report(tmp_path, tiny_checkpoint):
     run_prune_and_export(recipe)
     assert (out / "eval" / "original-int8.json").is_file()
     assert {name: (out / name).stat().st_mtime_ns for name in before} == before
+
+
+def test_results_of_a_regenerated_input_are_redone(tmp_path):
+    """A stage's output counts as done only when written after its inputs: an IR re-exported
+    (e.g. from a new recovered checkpoint) makes its eval and bench records stale."""
+    ir, checkpoint, record = tmp_path / "ir", tmp_path / "ckpt", tmp_path / "eval.json"
+    for folder, marker in ((ir, "openvino_model.xml"), (checkpoint, "config.json")):
+        folder.mkdir()
+        (folder / marker).write_text("{}")
+    assert not up_to_date(record, ir)  # not written yet
+    record.write_text("{}")
+    os.utime(record, ns=(2_000_000_000_000_000_000,) * 2)
+    assert up_to_date(record, ir, checkpoint)
+    os.utime(ir / "openvino_model.xml", ns=(3_000_000_000_000_000_000,) * 2)  # the IR written again later
+    assert not up_to_date(record, ir) and up_to_date(record, checkpoint)
