@@ -17,26 +17,15 @@ from pathlib import Path
 
 from shedder_ov.adapters import adapter_for
 from shedder_ov.checkpoints import load_checkpoint, load_tokenizer
-from shedder_ov.export.compress import CompressOptions, compress_ir
-from shedder_ov.export.exporter import export_checkpoint
 from shedder_ov.export.parity import genai_greedy, prompts, torch_greedy
 from shedder_ov.io import write_json
+from shedder_ov.recipe import ExportSpec
 from shedder_ov.runtime import StatefulIR
+from shedder_ov.workflow import export_variant
 
 SHARED = Path(__file__).parents[1] / "../shared/models"
 MODELS = ["mamba1-tiny", "mamba2-tiny", "zamba2-tiny", "falcon-h1-tiny", "granitemoehybrid-tiny"]
-VARIANTS = {"fp32": None, "int8": "int8_asym", "int4": "int4_sym"}
-
-
-def ir_variants(checkpoint: Path, out: Path) -> dict[str, Path]:
-    """The checkpoint's fp32 IR and its compressed siblings, made once."""
-    folders = {tag: out / tag for tag in VARIANTS}
-    if not (folders["fp32"] / "openvino_model.xml").is_file():
-        export_checkpoint(checkpoint, folders["fp32"], parity=False)
-    for tag, mode in VARIANTS.items():
-        if mode and not (folders[tag] / "openvino_model.xml").is_file():
-            compress_ir(folders["fp32"], folders[tag], CompressOptions(mode=mode))
-    return folders
+EXPORT = ExportSpec(parity=False, int8_mode="int8_asym", int4_mode="int4_sym")  # fp32, int8, int4; made once
 
 
 def main(checkpoints: list[Path], out: Path, new_tokens: int) -> None:
@@ -45,7 +34,7 @@ def main(checkpoints: list[Path], out: Path, new_tokens: int) -> None:
         adapter = adapter_for(load_checkpoint(checkpoint))
         short, long = prompts(load_tokenizer(checkpoint), adapter.model.config.vocab_size)
         reference = {len(p): torch_greedy(adapter, p, new_tokens) for p in (short, long)}
-        for tag, folder in ir_variants(checkpoint, out / checkpoint.name).items():
+        for tag, folder in export_variant(checkpoint, out / checkpoint.name, EXPORT).items():
             genai = genai_greedy(folder, [short, long], [new_tokens, new_tokens])
             lean, dynamic = StatefulIR(folder), StatefulIR(folder, specialize=False)
             for prompt, tokens in zip((short, long), genai):

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from shedder_ov.runtime import ir_feeds, with_static_shape
+
 WARMUP = 4
 
 
-def profile(compiled, steps: int) -> tuple[float, Counter]:
+def profile(compiled, names: set[str], steps: int) -> tuple[float, Counter]:
     """Wall ms per step and ms per step by op type, from fresh states, one token per step."""
     request = compiled.create_infer_request()
     for state in request.query_state():
@@ -29,8 +31,7 @@ def profile(compiled, steps: int) -> tuple[float, Counter]:
     for step in range(WARMUP + steps):
         if step == WARMUP:
             start = time.perf_counter()
-        request.infer({"input_ids": np.array([[5 + step]]), "attention_mask": np.ones((1, 1), np.int64),
-                       "beam_idx": np.zeros(1, np.int32)})
+        request.infer(ir_feeds(names, np.array([[5 + step]]), past=step))
         if step >= WARMUP:
             for info in request.profiling_info:
                 by_type[info.node_type] += info.real_time.total_seconds() * 1e3 / steps
@@ -41,10 +42,9 @@ def main(ir: Path, steps: int, threads: int, top: int) -> None:
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": threads}
     dynamic = core.read_model(ir / "openvino_model.xml")
-    one_token = core.read_model(ir / "openvino_model.xml")
-    one_token.reshape({"input_ids": [1, 1], "attention_mask": [1, 1], "beam_idx": [1]})
-    results = {name: profile(core.compile_model(model, "CPU", config), steps)
-               for name, model in (("dynamic (genai)", dynamic), ("one token (lean loop)", one_token))}
+    names = {port.any_name for port in dynamic.inputs}
+    results = {name: profile(core.compile_model(model, "CPU", config), names, steps)
+               for name, model in (("dynamic (genai)", dynamic), ("one token (lean loop)", with_static_shape(dynamic, 1, 1)))}
     print(f"{ir}, {steps} decode steps, {threads} threads, f32 hint, OpenVINO {ov.get_version()}")
     for name, (wall, by_type) in results.items():
         print(f"\n{name}: {wall:.1f} ms per step wall, {sum(by_type.values()):.1f} ms in ops")

@@ -156,10 +156,9 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
         for precision, ir in by_precision.items():
             evaluate_to(out / "eval" / f"{variant}-{precision}.json", ir, evaluation)
 
-    every_ir = [ir for by_precision in irs.values() for ir in by_precision.values()]
-    if evaluation.bench and not up_to_date(out / "bench.json", *every_ir):
+    rows = [(f"{v} {p}", ir) for v, by_precision in irs.items() for p, ir in by_precision.items()]
+    if evaluation.bench and not up_to_date(out / "bench.json", *(ir for _, ir in rows)):
         bench, defaults = evaluation.bench, runtime_defaults()
-        rows = [(f"{v} {p}", ir) for v, by_precision in irs.items() for p, ir in by_precision.items()]
         console.print(f"bench: {len(rows)} IRs, prefill {bench.lengths}, {bench.new_tokens} new tokens")
         write_json(out / "bench.json", run_bench(
             [ir for _, ir in rows], [label for label, _ in rows], bench.threads or defaults.resolved_threads(),
