@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM, PreTrainedTokenizerFast
+from transformers import (FalconMambaConfig, FalconMambaForCausalLM, Mamba2Config, Mamba2ForCausalLM, MambaConfig,
+                          MambaForCausalLM, PreTrainedTokenizerFast)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_random import SHAPES as BENCH_SHAPES  # noqa: E402
@@ -38,11 +39,15 @@ SHAPES = {  # the published checkpoints' config.json shapes (vocab padded as the
     "mamba2-2.7b": lambda: Mamba2ForCausalLM(Mamba2Config(  # state-spaces/mamba2-2.7b
         hidden_size=2560, num_hidden_layers=64, state_size=128, head_dim=64, num_heads=80, n_groups=1,
         expand=2, vocab_size=50288, tie_word_embeddings=True)),
+    "falcon-mamba-7b": lambda: FalconMambaForCausalLM(FalconMambaConfig(  # tiiuae/falcon-mamba-7b
+        hidden_size=4096, num_hidden_layers=64, state_size=16, expand=2, intermediate_size=8192,
+        time_step_rank=256, vocab_size=65024, tie_word_embeddings=False, mixer_rms_eps=1e-6)),
 }
-NO_PARITY = "from shedder_ov.export.exporter import export_checkpoint as e; import sys; e(sys.argv[1], sys.argv[2], parity=False)"
+NO_PARITY = "from shedder_ov.export.exporter import export_checkpoint as e; import sys; e(sys.argv[1], sys.argv[2], parity=False)"  # = export --no-parity
 STAGES = {  # stage -> shedder-ov arguments (MODEL: the checkpoint, RUN: the run folder); "-c": a python -c line
     "export": ["export", "{MODEL}", "{RUN}/ir/fp32"],
     "export-no-parity": ["-c", NO_PARITY, "{MODEL}", "{RUN}/ir/fp32"],
+    "export-14g": ["export", "{MODEL}", "{RUN}/ir/fp32", "--max-memory", "14"],  # parity in layer groups where needed
     "int8": ["compress", "{RUN}/ir/fp32", "{RUN}/ir/int8", "--mode", "int8_asym"],
     "int4": ["compress", "{RUN}/ir/fp32", "{RUN}/ir/int4", "--mode", "int4_sym"],
     "int4-awq": ["compress", "{RUN}/ir/fp32", "{RUN}/ir/int4-awq", "--mode", "int4_sym", "--awq", "--scale-estimation",

@@ -235,16 +235,23 @@ def export(
     out_dir: Path = typer.Argument(..., help="IR folder to write", show_default=False),
     strict: bool = typer.Option(False, "--strict", help="a parity mismatch with torch is an error"),
     no_parity: bool = typer.Option(
-        False, "--no-parity", help="skip the parity check (it needs one f32 compile of the IR: ~6 bytes per bf16 weight, docs/memory.md)"
+        False, "--no-parity", help="skip the parity check (docs/memory.md: what it holds at each size)"
+    ),
+    max_memory: float = typer.Option(
+        None, "--max-memory", min=1, help="GiB this export may hold (default: what the machine has free); the "
+        "parity check runs the IR in layer groups where one whole compile would not fit", show_default=False,
     ),
 ) -> None:
     """Export to a stateful OpenVINO IR (optimum-intel loadable) and check parity with torch."""
     import json
 
     from .export.exporter import export_checkpoint
+    from .export.phases import limit_memory
     from .validate import check_checkpoint
 
     check_checkpoint(checkpoint)
+    if max_memory:
+        limit_memory(int(max_memory * 2**30))
     typer.echo(json.dumps(export_checkpoint(checkpoint, out_dir, strict=strict, parity=not no_parity), indent=2))
 
 

@@ -95,12 +95,24 @@ def genai_generate(pipe, prompt: np.ndarray, new_tokens: int):
     return pipe.generate(inputs, openvino_genai.GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True, do_sample=False))
 
 
+def plugin_properties(hint: str, config: dict | None = None) -> dict:
+    """CPU plugin properties of a compile at `hint`: KV caches (hybrids' attention, fused into the
+    plugin's SDPA) kept at the inference precision, as the recurrent states are (the plugin's
+    default would be a lower precision)."""
+    return {"INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": hint, **(config or {})}
+
+
 def with_static_shape(model, batch: int, length: int):
     """A copy of `model` for inputs of exactly [batch, length], its state variables' batch included
     (a KV cache variable keeps its dynamic length: it grows by `length` each call)."""
-    static = model.clone()
     names = {port.any_name for port in model.inputs}
-    static.reshape({name: feed.shape for name, feed in ir_feeds(names, np.zeros((batch, length), np.int64)).items()})
+    return reshaped(model, {name: feed.shape for name, feed in ir_feeds(names, np.zeros((batch, length), np.int64)).items()}, batch)
+
+
+def reshaped(model, shapes: dict, batch: int):
+    """A copy of `model` with these input shapes and state variables of this batch."""
+    static = model.clone()
+    static.reshape(shapes)
     for variable in static.get_variables():
         info = variable.info
         shape = info.data_shape
@@ -153,11 +165,8 @@ class StatefulIR:
         if device.split(".")[0] not in {d.split(".")[0] for d in self.core.available_devices}:
             raise ShedderError(f"device: {device} not available (available: {', '.join(self.core.available_devices)})")
         self.device = device
-        # KV caches (Zamba2's attention, fused into the CPU plugin's SDPA) are kept at the inference
-        # precision, as the recurrent states are (the plugin's default would be f16)
         self.prompt_hint, self.decode_hint = compile_precisions(precision)
-        self.properties = {hint: {"INFERENCE_PRECISION_HINT": hint, "KV_CACHE_PRECISION": hint, **(config or {})}
-                           for hint in (self.prompt_hint, self.decode_hint)}
+        self.properties = {hint: plugin_properties(hint, config) for hint in (self.prompt_hint, self.decode_hint)}
         self.one_compile = one_compile
         self.requests: dict = {}
         self.live = None  # the request whose variables hold the current state

@@ -134,6 +134,29 @@ print(json.dumps({{"module": type(model).__module__, "cls": type(model).__name__
     return loaded
 
 
+def assert_layer_groups_match_whole(ir_dir: Path, groups: int = 2) -> None:
+    """The IR cut into layer groups (each group's compile holding only its layers' weights and
+    states) gives the logits of the whole IR, prompt and decode steps alike."""
+    import numpy as np
+
+    from shedder_ov.export.layer_groups import GroupedIR, LayerGroups, layer_of
+    from shedder_ov.runtime import StatefulIR, read_ir
+
+    whole = read_ir(ir_dir)
+    layers = {layer_of(op) for op in whole.get_ops()} - {None}
+    cut = LayerGroups(read_ir(ir_dir), groups)
+    held = [{layer_of(op) for op in cut.build(g).get_ops()} - {None} for g in range(groups)]
+    assert set().union(*held) == layers and max(map(len, held)) < len(layers)  # no group holds every layer's weights
+    ids = np.arange(5, 45)[None] % 8000
+    calls = [ids[:, :16], ids[:, 16:17], ids[:, 17:18]]
+    grouped = GroupedIR(ir_dir, groups).run([calls, [ids]])
+    ir = StatefulIR(ir_dir)
+    expected = [ir(call) for call in calls]
+    ir.reset()
+    for got, want in zip(grouped[0] + grouped[1], expected + [ir(ids)]):
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+
 def assert_genai_batch_matches_single(ir_dir: Path) -> None:
     """openvino.genai's LLMPipeline on a batch of prompts of different lengths (it pads them on
     the left) gives each prompt's text alone, token for token (f32 hint)."""

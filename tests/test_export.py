@@ -21,7 +21,7 @@ from shedder_ov.export.parity import genai_greedy, torch_greedy
 from shedder_ov.ops.selective_scan import selective_scan
 from shedder_ov.runtime import StatefulIR, read_ir
 
-from .conftest import FAMILIES, MODELS, REPO, assert_stock_optimum_matches_torch, require, tiny_model
+from .conftest import FAMILIES, MODELS, REPO, assert_layer_groups_match_whole, assert_stock_optimum_matches_torch, require, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,11 @@ def test_export_parity_and_states(exported, name):
     config = load_checkpoint(checkpoint).config
     ssm_layers = config.num_hidden_layers - len(getattr(config, "ssm_removed_layers", None) or [])
     assert len(read_ir(ir_dir).get_variables()) == config.num_hidden_layers + ssm_layers  # conv + SSM states
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_layer_groups_match_whole_ir(exported, name):
+    assert_layer_groups_match_whole(exported(name)[1])
 
 
 def test_prefill_in_pieces_matches_whole(exported):

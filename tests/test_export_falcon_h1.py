@@ -26,6 +26,7 @@ from .conftest import (
     assert_real_model_exports,
     assert_runtime_matches_dynamic,
     assert_stock_optimum_matches_torch,
+    assert_layer_groups_match_whole,
     exported_layouts,
     require,
 )
@@ -130,6 +131,11 @@ def test_export_parity_and_states(exported, layout):
     assert keys and all(shape[2].is_dynamic and shape[0].is_dynamic for shape in keys)
     kv_heads = [layer["key"][1] for layer in falcon_h1_states(config, 1, 0) if "key" in layer]
     assert sorted(shape[1].get_length() for shape in keys) == sorted(kv_heads)  # per-layer KV heads
+
+
+def test_layer_groups_match_whole_ir(exported):
+    """The parity check's layer-group cut (large models) on the pruned hybrid: KV caches and states per group."""
+    assert_layer_groups_match_whole(exported("pruned")[1], groups=3)
 
 
 def test_runtime_pieces_and_decode_match_dynamic(exported):

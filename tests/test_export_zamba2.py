@@ -22,6 +22,7 @@ from .conftest import (
     assert_real_model_exports,
     assert_runtime_matches_dynamic,
     assert_stock_optimum_matches_torch,
+    assert_layer_groups_match_whole,
     exported_layouts,
     require,
 )
@@ -99,6 +100,11 @@ def test_export_parity_and_states(exported, layout):
     assert len(variables) == state_count(config) == {"stock": 3 * 2 + 6 + 6, "pruned": 2 * 2 + 4 + 5}[layout]
     keys = [shape for name, shape in variables.items() if ".key." in name]
     assert keys and all(shape[2].is_dynamic and shape[0].is_dynamic for shape in keys)
+
+
+def test_layer_groups_match_whole_ir(exported):
+    """The parity check's layer-group cut (large models) on the pruned hybrid: KV caches and states per group."""
+    assert_layer_groups_match_whole(exported("pruned")[1], groups=3)
 
 
 def test_runtime_pieces_and_decode_match_dynamic(exported):

@@ -97,3 +97,32 @@ def test_genai_long_prompt_fits_the_machine(monkeypatch):
     for free, tokens in ((20, 1024), (10, 576), (3, 16)):
         monkeypatch.setattr(parity, "available_bytes", lambda: free * 2**30)
         assert parity.genai_prompt_tokens(config, 2**30, 2**31) == tokens
+
+
+def test_parity_in_layer_groups_where_the_whole_ir_does_not_fit(monkeypatch, tmp_path, bf16_export, tokenizer):
+    """Short of memory for one whole compile, the check runs the IR in layer groups: the same
+    prefill figures, greedy equality from torch's tokens fed one at a time, openvino.genai said skipped;
+    and it still fails an IR that is not the model's."""
+    from shedder_ov.export import parity
+
+    checkpoint, ir_dir, report = bf16_export
+    monkeypatch.setattr(parity, "layer_groups_needed", lambda stored, f32: 2)
+    grouped = parity.check_parity(ir_dir, checkpoint, tokenizer)
+    whole = report["parity"]
+    assert grouped["ok"] and grouped["greedy_equal"] and grouped["layer_groups"] == 2
+    assert grouped["genai_greedy_equal"] is None and "whole IR" in grouped["genai_skipped"]
+    for key in ("max_abs_diff_short", "max_abs_diff_long"):
+        assert abs(grouped[key] - whole[key]) < 1e-4
+    other = tmp_path / "other"
+    tiny_model("mamba2", seed=1).to(torch.bfloat16).save_pretrained(other)
+    wrong = parity.check_parity(ir_dir, other, tokenizer)
+    assert not wrong["ok"] and wrong["max_abs_diff_short"] > 1e-2
+
+
+def test_memory_limit_bounds_what_phases_plan_with(monkeypatch):
+    from shedder_ov.export import parity, phases
+
+    monkeypatch.setitem(phases.LIMIT, "bytes", phases.resident_bytes() + 3 * 2**30)
+    assert phases.available_bytes() <= 3 * 2**30
+    assert parity.layer_groups_needed(2**30, 2**32) >= 4  # 4 GiB of f32 weights at 2 bytes each into < 1 GiB of room
+    assert parity.layer_groups_needed(2**20, 2**22) == 1

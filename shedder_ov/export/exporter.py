@@ -14,7 +14,7 @@ from ..adapters import adapter_for
 from ..checkpoints import has_tokenizer, load_checkpoint, load_tokenizer, save_remote_code
 from ..errors import ShedderError
 from ..io import atomic_dir, write_json
-from .parity import check_parity
+from .parity import GROUPED_COMPILE_BYTES, check_parity
 from .stable_names import make_names_stable
 from .phases import phase, release, require_disk, require_memory
 
@@ -68,9 +68,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
     model_type, weights_dtype = model.config.model_type, str(next(model.parameters()).dtype).removeprefix("torch.")
     stored = sum(p.numel() * p.element_size() for p in model.parameters())
     require_disk("export", out_dir.parent, stored)  # the IR stores the weights as they are
-    if parity:  # one f32 compile of the IR: its weights as read (mapped) and their f32 copy, measured
-        f32 = sum(p.numel() * 4 for p in model.parameters())
-        require_memory("export", "the parity check (--no-parity skips it)", stored + f32 + PARITY_OVERHEAD)
+    if parity:  # at least: the IR's weights as read (mapped) and one layer group's compile (parity.py)
+        layer_f32 = max(p.numel() for p in model.parameters()) * 4 * GROUPED_COMPILE_BYTES
+        require_memory("export", "the parity check (--no-parity skips it)", stored + layer_f32 + PARITY_OVERHEAD)
     with atomic_dir(out_dir) as tmp:
         save_remote_code(model.config, tmp)  # stock optimum-intel reads the config with trust_remote_code
         start = time.perf_counter()

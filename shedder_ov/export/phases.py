@@ -34,16 +34,28 @@ def peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+LIMIT = {"bytes": None}  # what this process may hold at most (limit_memory); None: what the machine has
+
+
+def limit_memory(size: int) -> None:
+    """Plan every later phase to keep this process's resident memory below `size` bytes."""
+    LIMIT["bytes"] = size
+
+
 def available_bytes() -> int | None:
-    """Memory the kernel could give this process now (MemAvailable), None where unknown."""
+    """Memory this process may still take: what the kernel could give it now (MemAvailable),
+    within limit_memory's bound; None where unknown."""
+    free = None
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return None
+    if LIMIT["bytes"] is not None:
+        free = min(free if free is not None else LIMIT["bytes"], LIMIT["bytes"] - resident_bytes())
+    return free
 
 
 def fits(size: int) -> bool:
