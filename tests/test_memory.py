@@ -106,6 +106,7 @@ def test_parity_in_layer_groups_where_the_whole_ir_does_not_fit(monkeypatch, tmp
     from shedder_ov.export import parity
 
     checkpoint, ir_dir, report = bf16_export
+    monkeypatch.setattr(parity, "fits", lambda size: False)
     monkeypatch.setattr(parity, "layer_groups_needed", lambda stored, f32: 2)
     grouped = parity.check_parity(ir_dir, checkpoint, tokenizer)
     whole = report["parity"]
@@ -124,5 +125,5 @@ def test_memory_limit_bounds_what_phases_plan_with(monkeypatch):
 
     monkeypatch.setitem(phases.LIMIT, "bytes", phases.resident_bytes() + 3 * 2**30)
     assert phases.available_bytes() <= 3 * 2**30
-    assert parity.layer_groups_needed(2**30, 2**32) >= 4  # 4 GiB of f32 weights at 2 bytes each into < 1 GiB of room
-    assert parity.layer_groups_needed(2**20, 2**22) == 1
+    assert parity.layer_groups_needed(2**29, 2**32) >= 7  # 4 GiB of f32 weights at 2.5 bytes each into ≤ 1.5 GiB of room
+    assert parity.layer_groups_needed(2**20, 2**22) == 2  # the fewest: the whole IR is one compile, not a group

@@ -69,7 +69,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, strict: bool 
     stored = sum(p.numel() * p.element_size() for p in model.parameters())
     require_disk("export", out_dir.parent, stored)  # the IR stores the weights as they are
     if parity:  # at least: the IR's weights as read (mapped) and one layer group's compile (parity.py)
-        layer_f32 = max(p.numel() for p in model.parameters()) * 4 * GROUPED_COMPILE_BYTES
+        layer_f32 = int(max(p.numel() for p in model.parameters()) * 4 * GROUPED_COMPILE_BYTES)
         require_memory("export", "the parity check (--no-parity skips it)", stored + layer_f32 + PARITY_OVERHEAD)
     with atomic_dir(out_dir) as tmp:
         save_remote_code(model.config, tmp)  # stock optimum-intel reads the config with trust_remote_code

@@ -165,6 +165,7 @@ class GroupedIR:
         model = read_ir(self.path)
         logits_name = next((p.any_name for p in model.outputs if "logits" in p.names), model.outputs[0].any_name)
         cut = LayerGroups(model, self.groups)
+        self.groups = cut.count  # at most one group per layer
         handed = [[{} for _ in calls] for calls in sequences]  # per call: cut tensors of earlier groups
         logits = [[None for _ in calls] for calls in sequences]
         for index in range(cut.count):
