@@ -18,6 +18,7 @@ import json
 import sys
 import time
 import types
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -54,6 +55,18 @@ def memory(where: str) -> str:
     return line
 
 
+def live_by_origin(top: int = 12) -> str:
+    """Live CUDA allocations grouped by the first frames of ours that made them (with --trace:
+    torch.cuda.memory._record_memory_history; else empty): what holds memory the plan did not count."""
+    by = Counter()
+    for segment in torch.cuda.memory._snapshot()["segments"]:
+        for block in segment["blocks"]:
+            if block["state"] == "active_allocated":
+                frames = [f for f in block.get("frames", []) if "shedder_ov" in f["filename"] or "device_scale" in f["filename"]]
+                by[" <- ".join(f"{Path(f['filename']).name}:{f['line']}" for f in frames[:3]) or "?"] += block["size"]
+    return "\n".join(f"{count / GiB:8.2f} GiB  {origin}" for origin, count in by.most_common(top) if origin != "?")
+
+
 def timed(work) -> tuple[object, float]:
     torch.cuda.synchronize()
     started = time.perf_counter()
@@ -68,7 +81,10 @@ def per_candidate(scorer: PerplexityScorer, candidates: list) -> dict:
     1,260 candidates and 24 rebases (each from the removed layer on: half a rebase on average)."""
     torch.cuda.reset_peak_memory_stats()
     _, rebase = timed(lambda: scorer.rebase(0))
+    memory(f"after the rebase ({len(scorer._cache)} cached streams)")
+    print(live_by_origin(), flush=True)
     ppl, head = timed(scorer.perplexity)
+    memory("after the base PPL")
     _, seconds = timed(lambda: [scorer.perplexities(candidates[i : i + scorer.group_size]) for i in range(0, len(candidates), scorer.group_size)])
     return {
         "plan": scorer.plan.describe(), "stride": scorer.stride, "group_size": scorer.group_size, "ppl": ppl,
@@ -88,6 +104,8 @@ def measure(setting: str, make, candidates: list, profile: bool = False) -> dict
         if profile:
             row["profile"] = where_time_goes(scorer, candidates)
     except torch.OutOfMemoryError as error:
+        memory("at the failure")
+        print(live_by_origin(), flush=True)
         row = {"setting": setting, "error": str(error).splitlines()[0]}
     print(json.dumps({k: v for k, v in row.items() if k != "profile"}), "\n" + row.get("profile", ""), flush=True)
     scorer = None
@@ -95,6 +113,7 @@ def measure(setting: str, make, candidates: list, profile: bool = False) -> dict
     return row
 
 
+@torch.no_grad()  # _sweep is the scorer's inner loop: with grad on, it kept every layer's activations (the OOM of the sized plan)
 def where_time_goes(scorer: PerplexityScorer, candidates: list, top: int = 14) -> str:
     """CUDA time by kernel, and the host's wall time, of one batch's sweep over a group."""
     group = candidates[: scorer.group_size]
@@ -114,7 +133,10 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=16, help="SSM candidates, spread evenly over the layers")
     parser.add_argument("--old", type=int, default=4, help="candidates timed with the old defaults (0: skip)")
     parser.add_argument("--batches", default="8", help="batch sizes to time with the sizing defaults")
+    parser.add_argument("--trace", action="store_true", help="record allocations: live memory by origin after the rebase and at a failure")
     args = parser.parse_args()
+    if args.trace:
+        torch.cuda.memory._record_memory_history(max_entries=200_000)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "kernels": kernels_for("cuda").names}
     print(report, flush=True)
@@ -125,7 +147,8 @@ def main() -> None:
     report["memory"].append(memory("after the adapter"))
     windows = torch.randint(0, 50277, (256, 2048), generator=torch.Generator().manual_seed(0))
     report["model"] = {"params": sum(p.numel() for p in model.parameters()), "build_s": build, "dtype": "bfloat16 (RANDOM weights)"}
-    _, warm = timed(lambda: adapter.logits(windows[:2].cuda()))  # Triton compile / autotune out of the timings
+    with torch.no_grad():  # (with grad, the unused logits kept 19 GiB of activations alive through the run)
+        _, warm = timed(lambda: adapter.logits(windows[:2].cuda()))  # Triton compile / autotune out of the timings
     report["warm_up_s"] = warm
     report["memory"].append(memory("after the warm-up"))
     ssm = adapter.candidates(["ssm"])

@@ -27,10 +27,6 @@ MEASURED_MARGIN = 1.25  # on a GPU's measured working set: allocator rounding, a
 GPU_MARGIN, GPU_RESERVE = 0.10, 1 << 30  # allocator fragmentation, cuBLAS / Triton workspaces
 CPU_SHARE = 0.5  # of available RAM: the host runs other work too
 CACHE_SHARE = 0.5
-# the sized plan ran out of memory on the H200 at 2.7B × 256 × 2048 (shares 0.75 and 0.5, docs/distributed.md):
-# until its GPU working set is understood, a GPU keeps the sizes measured to fit there (9.8 s a candidate, 41.6 GiB)
-GPU_CACHE_BYTES, GPU_STACK_SHARE = 2 << 30, 0.5
-SIZED_ON_GPU = False  # scripts/device_scale.py --sized: the sized plan on a GPU, to measure where it goes wrong
 PROBE_ROWS = 2
 SATURATING_ROWS = 1 << 16  # tokens one stacked forward needs to fill a GPU; more stacking only costs memory
 GiB = float(1 << 30)
@@ -139,8 +135,6 @@ def plan_memory(
 
     free = free_bytes(device) // sharing
     usable = usable_bytes(device, free)
-    if device.type == "cuda" and not SIZED_ON_GPU and cache_budget_bytes is None and group_budget_bytes is None:
-        cache_budget_bytes, group_budget_bytes = GPU_CACHE_BYTES, int(GPU_STACK_SHARE * free)
     batch = max(1, min(batch_size, count))
     while batch > 1 and candidate(batch) + batch * head_row > usable / 4:
         batch //= 2
