@@ -60,7 +60,7 @@ def test_export_parity_and_states(exported, name):
     assert len(read_ir(ir_dir).get_variables()) == config.num_hidden_layers + ssm_layers  # conv + SSM states
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", ["mamba2", "mamba"])  # FalconMamba's graph is Mamba-1's
 def test_layer_groups_match_whole_ir(exported, name):
     assert_layer_groups_match_whole(exported(name)[1])
 
