@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from .bench import ir_size
 from .io import atomic_file, write_json
 
 PRECISIONS = ("fp32", "int8", "int4")
@@ -29,8 +30,9 @@ def _read(path: Path):
 
 
 def _ir_mb(folder: Path) -> float | None:
-    files = [folder / "openvino_model.xml", folder / "openvino_model.bin"]
-    return sum(f.stat().st_size for f in files) / 2**20 if all(f.is_file() for f in files) else None
+    """The IR's size as `shedder-ov bench` and prune-and-export's console count it (xml + bin, 2^20 bytes)."""
+    xml = folder / "openvino_model.xml"
+    return ir_size(xml) / 2**20 if xml.is_file() and xml.with_suffix(".bin").is_file() else None
 
 
 def _checkpoints(out: Path, result: dict | None) -> dict[str, Path | None]:

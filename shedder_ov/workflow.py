@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from .bench import run_bench
+from .bench import ir_size, run_bench
 from .cpu import runtime_defaults
 from .errors import ShedderError
 from .evaluation.run import evaluate
@@ -94,7 +94,7 @@ def summarize(out: Path, source: Path, result: dict, irs: dict[str, Path], spec:
     for precision, ir in irs.items():
         record = read_json(out / "eval" / f"pruned-{precision}.json")
         variants[precision] = {
-            "ir_bytes": (ir / "openvino_model.bin").stat().st_size,
+            "ir_bytes": ir_size(ir / "openvino_model.xml"),
             "ppl": record["ppl"][first]["ppl"] if first else None,
             "parity_max_abs_diff": max_logits_diff(ir, reference, ids),
         }
@@ -174,6 +174,6 @@ def run_prune_and_export(recipe: Recipe, force: bool = False) -> dict:
     report = write_report(out)
     for name, row in summary["variants"].items():
         ppl = "–" if row["ppl"] is None else f"{row['ppl']:.3f}"
-        console.print(f"pruned {name}: {row['ir_bytes'] / 1e6:.1f} MB  PPL {ppl}  max |Δlogits| {row['parity_max_abs_diff']:.1e}")
+        console.print(f"pruned {name}: {row['ir_bytes'] / 2**20:.1f} MB  PPL {ppl}  max |Δlogits| {row['parity_max_abs_diff']:.1e}")
     console.print(f"report: {report}")
     return summary
