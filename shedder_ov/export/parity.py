@@ -47,12 +47,15 @@ def prompts(tokenizer, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     return ids[:16], ids
 
 
-def torch_greedy(adapter, prompt: np.ndarray, new_tokens: int) -> list[int]:
+def torch_greedy(adapter, prompt: np.ndarray, new_tokens: int, logits=None) -> list[int]:
+    """Greedy tokens, one cache-free forward per token: `adapter.logits`, or `logits(adapter, ids)`
+    (f32_logits: f32, the weights upcast a layer at a time)."""
+    forward = logits or (lambda adapter, ids: adapter.logits(ids))
     ids = torch.from_numpy(prompt)[None]
     tokens = []
     with torch.no_grad():
         for _ in range(new_tokens):
-            tokens.append(int(adapter.logits(ids)[0, -1].argmax()))
+            tokens.append(int(forward(adapter, ids)[0, -1].argmax()))
             ids = torch.cat([ids, torch.tensor([[tokens[-1]]])], dim=1)
     return tokens
 
@@ -83,15 +86,6 @@ def stored_adapter(checkpoint):
     return adapter_for(model, str(checkpoint))
 
 
-def f32_greedy(adapter, prompt: np.ndarray, new_tokens: int) -> list[int]:
-    """torch's greedy tokens in f32 (one cache-free forward per token, weights upcast a layer at a time)."""
-    ids, tokens = prompt, []
-    for _ in range(new_tokens):
-        tokens.append(int(f32_logits(adapter, torch.from_numpy(ids)[None])[0, -1].argmax()))
-        ids = np.append(ids, tokens[-1])
-    return tokens
-
-
 def layer_groups_needed(stored_bytes: int, f32_bytes: int) -> int:
     """How many layer groups make one group's compile fit now beside the IR's mapped file (which a
     run in groups touches all of): GROUPED_COMPILE_BYTES per byte of the group's f32 weights."""
@@ -115,7 +109,7 @@ def check_parity(ir_dir, checkpoint, tokenizer) -> dict:
         figures = whole_ir_parity(ir_dir, checkpoint, tokenizer, short, long, genai_long, reference, f32_bytes)
     else:
         with phase("parity", f"torch f32 greedy {NEW_TOKENS} tokens"):
-            teacher = f32_greedy(adapter, short, NEW_TOKENS)
+            teacher = torch_greedy(adapter, short, NEW_TOKENS, f32_logits)
             del adapter
             release(stored_bytes)
         figures = grouped_parity(ir_dir, layer_groups_needed(stored_bytes, f32_bytes), short, long, reference, teacher)
